@@ -1,0 +1,37 @@
+# dcr-nb: two commands for a newcomer — `make repro` (the pipeline) and `make test` (all tests).
+# Both set everything up first; setup is idempotent and takes a second when already done.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dcr-nb-installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export DCR_NB_ROOT := $(abspath .)
+
+.PHONY: setup data repro test lab clean-outputs
+.DEFAULT_GOAL := repro
+
+# The virtual environment with every pinned dependency and the package itself (editable).
+$(STAMP): constraints.txt setup.py settings.ini
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+# Raw Fashion-MNIST under data/, verified against its MD5s (tracked by data.dvc).
+data: $(STAMP)
+	@$(BIN)/python -m dcr_nb.fetch
+
+setup: $(STAMP) data
+
+repro: setup
+	dvc repro
+
+test: setup
+	bash scripts/test.sh
+
+# JupyterLab on the notebooks (works as root too).
+lab: setup
+	jupyter lab --allow-root --ip=127.0.0.1 --no-browser nbs/
+
+clean-outputs:
+	rm -rf outputs

@@ -1,0 +1,41 @@
+"""Check every stage notebook run by papermill in dvc.yaml, and every notebook in nbs/stages/:
+exactly one cell tagged `parameters`, no committed outputs or execution counts, and the names the
+stage passes with `papermill -p` are exactly the names its parameters cell assigns."""
+import ast, shlex, sys
+from pathlib import Path
+import nbformat
+from dvc.repo import Repo
+
+ROOT = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path(__file__).resolve().parents[1]
+errors = []
+
+def check_notebook(nb_path: Path) -> list[str]:
+    "Problems with one stage notebook; returns its parameter names in `names` on success."
+    nb = nbformat.read(nb_path, as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(params) != 1: errors.append(f"{nb_path}: {len(params)} cells tagged 'parameters', expected exactly 1")
+    for i, c in enumerate(nb.cells):
+        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count")):
+            errors.append(f"{nb_path}: cell {i} has committed outputs or an execution count (run nbdev_clean)")
+    if len(params) != 1: return []
+    return [t.id for node in ast.parse(params[0].source).body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+
+stage_nbs = sorted((ROOT / "nbs" / "stages").glob("*.ipynb"))
+names = {p: check_notebook(p) for p in stage_nbs}
+used = set()
+for stage in Repo(str(ROOT)).index.stages:
+    cmd = " ".join(stage.cmd) if isinstance(stage.cmd, list) else (stage.cmd or "")
+    toks = shlex.split(cmd.replace("&&", " && "))
+    if "papermill" not in toks: continue
+    i = toks.index("papermill"); pos = [t for t in toks[i + 1:] if not t.startswith("-")]
+    nb = (ROOT / toks[[j for j in range(i + 1, len(toks)) if toks[j].endswith(".ipynb")][0]]).resolve()
+    used.add(nb)
+    passed = [toks[j + 1] for j in range(i, len(toks) - 1) if toks[j] in ("-p", "--parameters")]
+    if nb not in names: errors.append(f"stage {stage.addressing}: {nb} is not a notebook in nbs/stages/"); continue
+    if sorted(passed) != sorted(names[nb]):
+        errors.append(f"stage {stage.addressing}: passes {sorted(passed)} but {nb.name}'s parameters cell defines {sorted(names[nb])}")
+for p in stage_nbs:
+    if p.resolve() not in used: errors.append(f"{p}: no dvc.yaml stage runs it")
+for e in errors: print("FAIL:", e)
+if errors: sys.exit(1)
+print(f"ok: {len(stage_nbs)} stage notebook(s), {len(used)} run by dvc.yaml, parameters consistent")

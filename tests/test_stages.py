@@ -1,0 +1,32 @@
+"""The stage-notebook check catches what it is meant to catch."""
+import json, shutil, subprocess, sys
+from pathlib import Path
+
+def run_check(folder: Path):
+    return subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "check_stages.py"), str(folder)],
+                          capture_output=True, text=True, timeout=120)
+
+def make_project(root: Path, tmp: Path) -> Path:
+    proj = tmp / "proj"; (proj / "nbs").mkdir(parents=True)
+    shutil.copytree(root / "nbs" / "stages", proj / "nbs" / "stages")
+    for f in ("dvc.yaml", "params.yaml"): shutil.copy(root / f, proj / f)
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=proj, check=True, env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"},
+                   executable=str(Path(sys.executable).parent / "dvc"))
+    return proj
+
+def test_repository_passes(root):
+    r = run_check(root); assert r.returncode == 0, r.stdout + r.stderr
+
+def test_detects_outputs_extra_param_and_two_parameter_cells(root, tmp_path):
+    proj = make_project(root, tmp_path)
+    assert run_check(proj).returncode == 0
+    nb_path = proj / "nbs" / "stages" / "prepare.ipynb"; nb = json.loads(nb_path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    code[-1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}]
+    nb_path.write_text(json.dumps(nb))
+    r = run_check(proj); assert r.returncode == 1 and "has committed outputs" in r.stdout
+    code[-1]["outputs"] = []; code[-1]["metadata"]["tags"] = ["parameters"]; nb_path.write_text(json.dumps(nb))
+    r = run_check(proj); assert r.returncode == 1 and "2 cells tagged 'parameters'" in r.stdout
+    code[-1]["metadata"]["tags"] = []; nb_path.write_text(json.dumps(nb))
+    dvc = proj / "dvc.yaml"; dvc.write_text(dvc.read_text().replace("-p seed ${prepare.seed}", "-p seed ${prepare.seed} -p sede 1"))
+    r = run_check(proj); assert r.returncode == 1 and "passes" in r.stdout and "sede" in r.stdout
