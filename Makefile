@@ -1,6 +1,7 @@
 # dcr-nb: two commands for a newcomer — `make repro` (the pipeline) and `make test` (all tests).
 # Both set everything up first; setup is idempotent and takes a second when already done.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,8 @@ export DCR_NB_ROOT := $(abspath .)
 # The virtual environment with every pinned dependency and the package itself (editable).
 $(STAMP): constraints.txt setup.py settings.ini
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 \
+	  | { grep -v -e 'is ignored: it is neither a file nor a directory' -e '^\s*$$' || true; }
 	@touch $@
 
 # Raw Fashion-MNIST under data/, verified against its MD5s (tracked by data.dvc).
