@@ -164,7 +164,8 @@ def _update(model, opt, sched, get_batch, cfg, acc, step) -> dict[str, float]:
                 raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {step} (micro-batch {m}); "
                                     f"nothing was updated and the last good checkpoint was kept")
             acc.backward(loss / cfg.grad_accum)
-        for name, v in terms.items(): totals[name] = totals.get(name, 0.0) + float(v.detach()) / cfg.grad_accum
+        for name, v in terms.items():  # a term may appear in only some micro-batches (e.g. a periodic probe)
+            s, n = totals.get(name, (0.0, 0)); totals[name] = (s + float(v.detach()), n + 1)
     if cfg.grad_clip > 0: acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
     opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-    return totals
+    return {name: s / n for name, (s, n) in totals.items()}
