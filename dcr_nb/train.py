@@ -122,6 +122,9 @@ def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: Tr
     from dvclive import Live
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     acc = _accelerator(cfg)
+    # Same inputs, same bits: e.g. the backward of the B*B calls' repeated condition indices accumulates
+    # with index_put, whose parallel CPU kernel adds in a timing-dependent order unless told otherwise.
+    torch.use_deterministic_algorithms(True, warn_only=True)
     opt, sched = make_optimizer(task, cfg)
     fp = fingerprint(cfg.to_dict(), fp_extra)
     start = load_checkpoint(out / CKPT_NAME, task, opt, sched, fp)
