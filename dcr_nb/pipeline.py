@@ -17,16 +17,21 @@ from .train import TrainConfig, train, batch_indices
 from .tasks import ClipPretrainTask, DenoiserPretrainTask, DCRTask, make_objective, OBJECTIVES
 
 # %% auto #0
-__all__ = ['require', 'scene_batches', 'PretrainClipConfig', 'run_pretrain_clip', 'PretrainDenoiserConfig', 'load_clip',
-           'run_pretrain_denoiser', 'sample', 'DCRStageConfig', 'build_dcr_task', 'run_dcr_stage', 'EvaluateConfig',
-           'first_n', 'run_evaluate', 'FiguresConfig', 'comparison_table', 'run_figures']
+__all__ = ['require', 'require_all', 'scene_batches', 'PretrainClipConfig', 'run_pretrain_clip', 'PretrainDenoiserConfig',
+           'load_clip', 'run_pretrain_denoiser', 'sample', 'DCRStageConfig', 'build_dcr_task', 'run_dcr_stage',
+           'EvaluateConfig', 'first_n', 'run_evaluate', 'FiguresConfig', 'comparison_table', 'run_figures']
 
 # %% ../nbs/08_pipeline.ipynb #c006
 def require(path: str, made_by: str) -> Path:
     "The absolute path of an input file or folder; a `ConfigError` naming the producing stage if it is missing."
-    p = root_path(path)
-    if not p.exists(): raise ConfigError(f"missing input {p}: it is produced by the `{made_by}` stage (run `dvc repro {made_by}` first)")
-    return p
+    return require_all([(path, made_by)])[0]
+
+def require_all(inputs: list[tuple[str, str]]) -> list[Path]:
+    "Absolute paths of `(path, made_by)` inputs; one `ConfigError` naming every missing one and its stage."
+    paths = [root_path(p) for p, _ in inputs]
+    missing = [f"{p} (produced by the `{m}` stage)" for p, (_, m) in zip(paths, inputs) if not p.exists()]
+    if missing: raise ConfigError("missing input(s): " + "; ".join(missing) + ". Run `dvc repro` to produce them.")
+    return paths
 
 # %% ../nbs/08_pipeline.ipynb #c009
 def scene_batches(data: str, batch_size: int, seed: int, caption: Literal["short", "full", "none"] = "none"):
@@ -142,6 +147,8 @@ class DCRStageConfig(TrainConfig):
 def build_dcr_task(cfg: DCRStageConfig) -> tuple[DCRTask, torch.nn.Module]:
     "The task of a DCR stage, with only that stage's parameters trainable; also returns the CLIP model."
     from diffusers import UNet2DConditionModel
+    require_all([(cfg.clip, "pretrain_clip"), (cfg.denoiser, "pretrain_denoiser"), (f"{cfg.data}/scenes.npz", "prepare")]
+                + ([(cfg.projector, f"stage1@{cfg.objective}")] if cfg.stage == 2 else []))
     clip = load_clip(cfg.model, cfg.clip, "pretrain_clip")
     unet = UNet2DConditionModel.from_pretrained(require(cfg.denoiser, "pretrain_denoiser"))
     d = standin_diffusion(clip, get_tokenizer(cfg.model), unet, prediction_type=unet.config.get("prediction_type", "epsilon"))
@@ -229,7 +236,7 @@ def comparison_table(metrics: dict[str, dict]):
     return pd.DataFrame.from_dict(rows, orient="index").round(1)
 
 def run_figures(cfg: FiguresConfig) -> dict:
-    "Write `summary.csv`, `summary.md`, `conflict.json` and the PNG figures under `out`; returns the paths."
+    "Write `comparison.json` (the metrics file), `summary.csv/md`, `conflict.json` and the PNG figures under `out`; returns the paths."
     from dcr_nb import figures as F
     from dcr_nb.evaluate import grad_cosine_summary
     out, ev, tr = root_path(cfg.out), root_path(cfg.evaluate), root_path(cfg.train)
@@ -237,6 +244,7 @@ def run_figures(cfg: FiguresConfig) -> dict:
     metrics = {e: json.loads(require(f"{cfg.evaluate}/{e}/metrics.json", f"evaluate@{e}").read_text()) for e in encs}
     table = comparison_table(metrics)
     atomic_write(out / "summary.csv", table.to_csv()); atomic_write(out / "summary.md", table.T.to_markdown())
+    atomic_write(out / "comparison.json", json.dumps({e: {k: float(v) for k, v in row.items()} for e, row in table.iterrows()}, indent=1))
     paths = {"mmvp": F.plot_mmvp_bars({e: m["mmvp"] for e, m in metrics.items()}, out / "mmvp_per_category.png"),
              "d_vs_p": F.plot_d_vs_p({e: (m["d_ability"]["cluster_nmi"], m["mmvp"]["mean"]) for e, m in metrics.items()},
                                      out / "d_vs_p.png", baseline=encs[0])}

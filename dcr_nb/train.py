@@ -128,6 +128,7 @@ def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: Tr
     opt, sched = make_optimizer(task, cfg)
     fp = fingerprint(cfg.to_dict(), fp_extra)
     start = load_checkpoint(out / CKPT_NAME, task, opt, sched, fp)
+    if acc.is_main_process: atomic_write(out / "config.json", json.dumps({"config": cfg.to_dict(), "inputs": fp_extra}, indent=1, default=str))
     model, opt, sched = acc.prepare(task, opt, sched)
     live = None
     if acc.is_main_process:

@@ -4,7 +4,7 @@
 #   bash scripts/smoke_pipeline.sh [WORKDIR] [PROFILE]     (default: a temp dir, profiles/smoke.yaml)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=${1:-$(mktemp -d -t dcr-smoke.XXXXXX)}
+WORK=${1:-}; [[ -n "$WORK" ]] || { WORK=$(mktemp -d -t dcr-smoke.XXXXXX); CLEANUP=1; }
 PROFILE=${2:-profiles/smoke.yaml}
 export PATH="$ROOT/.venv/bin:$PATH" DCR_NB_ROOT="$WORK" MPLBACKEND=Agg PYTHONHASHSEED=0
 mkdir -p "$WORK"
@@ -13,7 +13,7 @@ cp -rl "$ROOT/data" "$WORK/data" 2>/dev/null || cp -r "$ROOT/data" "$WORK/data"
 cp "$ROOT/$PROFILE" "$WORK/params.yaml"
 cd "$WORK"
 git init -q && git add -A >/dev/null && git -c user.name=smoke -c user.email=smoke@localhost commit -qm smoke
-metrics() { find outputs -name 'metrics.json' -o -name 'report.json' -o -name 'conflict.json' -o -name 'summary.csv' | sort | xargs md5sum; }
+metrics() { find outputs -name 'metrics.json' -o -name 'report.json' -o -name 'conflict.json' -o -name 'comparison.json' -o -name 'train_summary.json' | sort | xargs md5sum; }
 for run in 1 2; do
   rm -rf outputs
   start=$(date +%s)
@@ -23,4 +23,5 @@ for run in 1 2; do
 done
 dvc status --quiet || { echo "FAIL: dvc status is not clean after repro"; exit 1; }
 if ! diff metrics.run1 metrics.run2 >/dev/null; then echo "FAIL: metrics differ between two runs from scratch:"; diff metrics.run1 metrics.run2; exit 1; fi
-echo "ok: $(wc -l < metrics.run1) metrics files identical across two runs from scratch ($WORK)"
+echo "ok: $(wc -l < metrics.run1) metrics files identical across two runs from scratch"
+if [[ -n "${CLEANUP:-}" ]]; then rm -rf "$WORK"; else echo "outputs kept in $WORK"; fi

@@ -16,13 +16,15 @@ unchanged() {  # unchanged "what" cmd... : run cmd, fail if it changed any noteb
   echo "ok: $what leaves the notebooks and the package unchanged"
 }
 
-step "1/5 notebooks are clean (nbdev_clean)"
+step "1/6 notebooks are clean (nbdev_clean)"
 unchanged "nbdev_clean" bash -c 'nbdev_clean && nbdev_clean --fname nbs/stages'
-step "2/5 exported code is in sync (nbdev_export)"
+step "2/6 exported code is in sync (nbdev_export)"
 unchanged "nbdev_export" nbdev_export
-step "3/5 stage notebooks: one parameters cell, no outputs, parameters match dvc.yaml"
+step "3/6 stage notebooks: one parameters cell, no outputs, parameters match dvc.yaml"
 python scripts/check_stages.py
-step "4/5 nbdev_test (library notebooks)"
+step "4/6 nbdev_test (library notebooks)"
 nbdev_test --n_workers 2 --timing
-step "5/5 pytest tests/"
+step "5/6 the real pipeline on the smoke profile: dvc repro twice from scratch, identical metrics"
+bash scripts/smoke_pipeline.sh
+step "6/6 pytest tests/"
 python -m pytest tests/ -q -p no:cacheprovider

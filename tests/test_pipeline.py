@@ -1,0 +1,24 @@
+"""Stage notebooks refuse bad parameters before any compute, with a clear message."""
+import subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def run_stage(nb: str, tmp_path, *params):
+    args = [str(Path(sys.executable).parent / "papermill"), "--log-level", "ERROR", str(ROOT / "nbs" / "stages" / nb), str(tmp_path / nb)]
+    for k, v in params: args += ["-p", k, str(v)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+@pytest.mark.parametrize("params, msg", [
+    ((("objective", "simclr"),), "unknown objective 'simclr'"),
+    ((("batch_size", 1),), "dcr needs batch_size >= 2"),
+    ((("lora_r", 16),), "LoRA (lora_r=16) belongs to stage 2"),
+    ((("stage", 2), ("lora_r", 4), ("projector", "outputs/nowhere/projector.pt")), "produced by the `stage1@dcr` stage"),
+    ((("clip", "outputs/nowhere/clip.pt"),), "produced by the `pretrain_clip` stage"),
+    ((("lr", "fast"),), "DCRStageConfig.lr must be float, got str 'fast'"),
+])
+def test_train_dcr_rejects_bad_parameters(tmp_path, params, msg):
+    r = run_stage("train_dcr.ipynb", tmp_path, ("out", str(tmp_path / "o")), ("train_dir", str(tmp_path / "t")), *params)
+    assert r.returncode != 0 and msg in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    assert not (tmp_path / "t" / "checkpoint.pt").exists()  # nothing was trained
