@@ -90,6 +90,8 @@ class StageConfig:
         hints, name = typing.get_type_hints(type(self)), type(self).__name__
         for f in dataclasses.fields(self):
             v, tp = getattr(self, f.name), hints[f.name]
+            if tp is bool and v in ("true", "false"):  # DVC writes YAML booleans into commands in lower case
+                v = v == "true"; object.__setattr__(self, f.name, v)
             if not _type_ok(v, tp):
                 raise ConfigError(f"{name}.{f.name} must be {_type_name(tp)}, got {type(v).__name__} {v!r}")
             if tp is float and isinstance(v, int): object.__setattr__(self, f.name, float(v))

@@ -15,6 +15,7 @@ from .encoder import create_encoder, get_tokenizer, embed_dim, add_lora, save_en
 from .conditioning import standin_diffusion, standin_unet, Projector, ConditionBuilder, Diffusion
 from .train import TrainConfig, train, batch_indices
 from .tasks import ClipPretrainTask, DenoiserPretrainTask, DCRTask, make_objective, OBJECTIVES
+from .speed import fast_denoise
 
 # %% auto #0
 __all__ = ['require', 'require_all', 'scene_batches', 'PretrainClipConfig', 'run_pretrain_clip', 'PretrainDenoiserConfig',
@@ -119,6 +120,8 @@ class DCRStageConfig(TrainConfig):
     lam: float = 1.0                               # naive: weight of the InfoNCE term
     num_negatives: int = 0                         # dcr: negatives per anchor (0 = all B-1)
     chunk_size: int = 0                            # denoiser calls per chunk (0 = all at once)
+    fast: bool = True                              # identical-math speedups: shared UNet prefix, channels-last
+    checkpoint: bool = False                       # activation checkpointing of the denoiser calls (less memory)
     probe_every: int = 0                           # gradient-conflict probe period in micro-batches (0 = off)
     lora_r: int = 0                                # LoRA rank (stage 2 only)
     lora_alpha: float = 16.0                       # LoRA alpha
@@ -159,7 +162,8 @@ def build_dcr_task(cfg: DCRStageConfig) -> tuple[DCRTask, torch.nn.Module]:
         builder.projector.load_state_dict(torch.load(proj_path, map_location="cpu")); builder.requires_grad_(False)
         add_lora(clip, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     obj = make_objective(cfg.objective, cfg.target, cfg.tau, cfg.lam, cfg.num_negatives, cfg.chunk_size)
-    return DCRTask(clip, builder, d, obj, probe_every=cfg.probe_every), clip
+    denoise = fast_denoise(d, prefix=cfg.fast, channels_last=cfg.fast, checkpoint=cfg.checkpoint) if cfg.fast or cfg.checkpoint else None
+    return DCRTask(clip, builder, d, obj, probe_every=cfg.probe_every, denoise=denoise), clip
 
 def run_dcr_stage(cfg: DCRStageConfig) -> Path:
     "Run stage 1 (writes `<out>/projector.pt`) or stage 2 (writes `<out>/encoder.pt`, merged open_clip checkpoint)."

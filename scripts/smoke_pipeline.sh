@@ -17,7 +17,7 @@ metrics() { find outputs -name 'metrics.json' -o -name 'report.json' -o -name 'c
 for run in 1 2; do
   rm -rf outputs
   start=$(date +%s)
-  dvc repro --quiet 2>&1 | grep -v -e '^$' -e 'IProgress not found' || { echo "FAIL: dvc repro (run $run) in $WORK"; exit 1; }
+  dvc repro --quiet --no-run-cache > "repro.run$run.log" 2>&1 || { tail -40 "repro.run$run.log"; echo "FAIL: dvc repro (run $run) in $WORK"; exit 1; }
   echo "smoke run $run: dvc repro took $(( $(date +%s) - start )) s"
   metrics > "metrics.run$run"
 done

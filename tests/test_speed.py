@@ -1,0 +1,37 @@
+"The fast denoiser options and the benchmark's naive reference step give the plain step's numbers."
+import importlib.util
+import pytest
+import torch
+from dcr_nb.conditioning import standin_unet, denoise_pairs
+
+
+def _bench(root):
+    spec = importlib.util.spec_from_file_location("dcr_step", root / "benchmarks" / "dcr_step.py")
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    return m
+
+
+@pytest.mark.parametrize("kw,chunk", [({}, None), ({"checkpoint": True}, 5), ({"channels_last": True, "prefix": False}, 4)])
+def test_fast_denoise_matches_plain(kw, chunk):
+    from dcr_nb.speed import FastDenoise
+    torch.manual_seed(0)
+    unet = standin_unet(block_out_channels=(8, 16, 16), cross_attention_dim=16).requires_grad_(False).eval()
+    B = 3; x, t = torch.randn(B, 3, 32, 32), torch.randint(0, 1000, (B,))
+    cond = torch.randn(B, 77, 16, requires_grad=True)
+    i, j = torch.arange(B).repeat_interleave(B), torch.arange(B).repeat(B)
+    def run(fn):
+        p = denoise_pairs(fn, x, t, cond, i, j, chunk)
+        return p.detach(), torch.autograd.grad((p * p.detach().sign()).sum(), cond)[0]
+    p0, g0 = run(lambda a, b, c: unet(a, b, encoder_hidden_states=c).sample)
+    p, g = run(FastDenoise(unet, **kw))
+    torch.testing.assert_close(p, p0, atol=1e-5, rtol=1e-4); torch.testing.assert_close(g, g0, atol=1e-5 * g0.abs().max().item(), rtol=1e-4)
+
+
+def test_benchmark_steps_agree(root, capsys):
+    "The naive reference step of benchmarks/dcr_step.py and the project's step give the same loss (the check the benchmark prints)."
+    m = _bench(root)
+    m.check_equal(dict(m.OURS, device="cpu", B=3, chunk=4))
+    out = capsys.readouterr().out
+    import json
+    r = json.loads(out.strip().splitlines()[-1][len("RESULT "):])
+    assert r["loss_diff"] < 1e-5 and r["grad_rel_diff"] < 1e-4
