@@ -22,3 +22,18 @@ def test_train_dcr_rejects_bad_parameters(tmp_path, params, msg):
     r = run_stage("train_dcr.ipynb", tmp_path, ("out", str(tmp_path / "o")), ("train_dir", str(tmp_path / "t")), *params)
     assert r.returncode != 0 and msg in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
     assert not (tmp_path / "t" / "checkpoint.pt").exists()  # nothing was trained
+
+def test_an_objective_parameter_touches_only_that_objective():
+    "Changing `objectives.<key>` in params.yaml reruns only that objective's stages (and what reads their outputs)."
+    from dvc.repo import Repo
+    deps = {}
+    for st in Repo(str(ROOT)).index.stages:
+        keys = set()
+        for d in st.deps:
+            if type(d).__name__ == "ParamsDependency": keys |= set(d.params or []) or {"<whole file>"}
+        deps[st.addressing] = keys
+    objectives = ("recon", "naive", "dcr")
+    for key in objectives:
+        users = {s for s, ks in deps.items() if any(k == f"objectives.{key}" or k.startswith(f"objectives.{key}.") for k in ks)}
+        assert users == {f"stage1@{key}", f"stage2@{key}"}, users
+    assert not any("objectives" in ks or "<whole file>" in ks for ks in deps.values())
