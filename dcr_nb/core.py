@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c001
 from __future__ import annotations
-import dataclasses, difflib, json, os, random, tempfile, typing
+import dataclasses, difflib, json, os, random, tempfile, types, typing
 from pathlib import Path
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ def _type_ok(v, tp) -> bool:
     "Does value `v` match annotation `tp` (scalars, `Literal`, `Optional`/unions)?"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Literal: return v in args
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)): return any(_type_ok(v, a) for a in args)
+    if origin in (typing.Union, types.UnionType): return any(_type_ok(v, a) for a in args)
     if tp is type(None): return v is None
     if tp is bool: return isinstance(v, bool)
     if tp is int: return isinstance(v, int) and not isinstance(v, bool)

@@ -132,14 +132,15 @@ class DCRLoss(DiffusionObjective):
     def __init__(self, tau: float = 0.1,  # temperature of the cosine similarities
                  num_negatives: int | None = None,  # K sampled negatives per anchor (None: all B-1)
                  recon_weight: float = 0.0,  # optional extra weight on the MSE of the anchor (0: the paper's loss)
-                 seed: int = 0,  # seed of the negative-sampling generator
+                 seed: int | None = 0,  # seed of the negative-sampling generator (None: torch's global generator)
                  **kwargs):  # target, chunk_size
         super().__init__(**kwargs)
         self.tau, self.num_negatives, self.recon_weight = tau, num_negatives, recon_weight
-        self._gen = torch.Generator().manual_seed(seed)
+        self._gen = None if seed is None else torch.Generator().manual_seed(seed)
 
-    def get_extra_state(self): return {"generator": self._gen.get_state()}  # so a resumed run samples the same negatives
-    def set_extra_state(self, state): self._gen.set_state(state["generator"])
+    def get_extra_state(self): return {"generator": None if self._gen is None else self._gen.get_state()}  # so a resumed run samples the same negatives
+    def set_extra_state(self, state):
+        if self._gen is not None and state["generator"] is not None: self._gen.set_state(state["generator"])
 
     def predictions(self, denoise, x_t, t, cond, cond_pos):
         "Anchors (B, C, H, W), augmented positives (B, C, H, W) and negatives (B, K, C, H, W)."

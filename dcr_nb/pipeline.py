@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_pipeline.ipynb #c001
 from __future__ import annotations
-import dataclasses, json, time
+import dataclasses, io, json, time
 from pathlib import Path
 from typing import Literal
 import numpy as np
@@ -172,7 +172,7 @@ def run_dcr_stage(cfg: DCRStageConfig) -> Path:
     train(task, scene_batches(cfg.data, cfg.batch_size, cfg.seed), cfg, root_path(cfg.train_dir), fp_extra=fp, desc=f"stage{cfg.stage}@{cfg.objective}")
     out = root_path(cfg.out)
     if cfg.stage == 1:
-        buf = __import__("io").BytesIO(); torch.save(task.builder.projector.state_dict(), buf)
+        buf = io.BytesIO(); torch.save(task.builder.projector.state_dict(), buf)
         return atomic_write(out / "projector.pt", buf.getvalue())
     return save_encoder(clip, out / "encoder.pt")
 
@@ -209,7 +209,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     metrics = {"mmvp": mmvp.to_dict(), "d_ability": d}
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
     atomic_write(out / "mmvp_statements.csv", mmvp.table.to_csv(index=False))
-    n = min(cfg.n_features, len(feats)); buf = __import__("io").BytesIO()
+    n = min(cfg.n_features, len(feats)); buf = io.BytesIO()
     np.savez(buf, features=feats[:n].numpy(), labels=np.asarray(ev["labels"][:n])); atomic_write(out / "features.npz", buf.getvalue())
     return metrics
 

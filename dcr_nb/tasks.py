@@ -60,7 +60,7 @@ def make_objective(name: str, target: str = "auto", tau: float = 0.1, lam: float
     base = dict(target=target, chunk_size=chunk_size or None)
     if name == "recon": return ReconLoss(**base)
     if name == "naive": return NaiveLoss(lam=lam, tau=tau, **base)
-    if name == "dcr": return DCRLoss(tau=tau, num_negatives=num_negatives or None, **base)
+    if name == "dcr": return DCRLoss(tau=tau, num_negatives=num_negatives or None, seed=None, **base)  # the trainer seeds per step
     raise ConfigError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
 
 # %% ../nbs/05a_tasks.ipynb #c011
@@ -73,7 +73,7 @@ class DCRTask(nn.Module):
         self.unet, self.d = diffusion.unet, diffusion  # unet registered so .to(device) moves it
         self.denoise = denoise or diffusion.denoise  # (x_t, t, cond) -> prediction; a faster equivalent may be given
         self.augment, self.probe_every = augment or Augment(), probe_every
-        self.needs_view = not isinstance(objective, ReconLoss) or isinstance(objective, NaiveLoss)
+        self.needs_view = type(objective) is not ReconLoss  # naive and dcr use the augmented view
 
     def embed(self, images):
         "Pooled, projected CLIP embeddings; no graph when CLIP is frozen (stage 1)."
@@ -86,7 +86,6 @@ class DCRTask(nn.Module):
         emb_pos = cond_pos = None
         if self.needs_view:
             emb_pos = self.embed(self.augment(images)); cond_pos = self.builder(emb_pos)
-        if isinstance(self.objective, DCRLoss): self.objective._gen.manual_seed(int(torch.randint(2**62, ())))
         x0 = self.d.codec.encode(images); noise = torch.randn_like(x0)
         t = torch.randint(0, self.d.scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
         out = self.objective(self.denoise, x0, noise, t, None, cond, self.d.scheduler, cond_pos, emb, emb_pos)

@@ -47,13 +47,12 @@ def step_seed(seed: int, step: int, salt: int = 0) -> int:
 def batch_indices(n: int, batch_size: int, seed: int, k: int, rank: int = 0, world: int = 1) -> torch.Tensor:
     "Dataset indices of micro-batch `k` (global batch `batch_size * world`) for process `rank`."
     if n < 1: raise ValueError("the dataset is empty")
-    gb = batch_size * world; start = k * gb
+    start, stop = k * batch_size * world, (k + 1) * batch_size * world  # positions in the endless epoch sequence
     out = []
-    for pos in range(start, start + gb):
-        epoch, i = divmod(pos, n)
+    for epoch in range(start // n, (stop - 1) // n + 1):  # one permutation per epoch the batch touches
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, 1)))
-        out.append(perm[i])
-    return torch.stack(out)[rank::world]
+        out.append(perm[max(start - epoch * n, 0): min(stop - epoch * n, n)])
+    return torch.cat(out)[rank::world]
 
 # %% ../nbs/05_train.ipynb #c012
 CKPT_NAME = "checkpoint.pt"
