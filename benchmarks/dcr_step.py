@@ -53,7 +53,6 @@ def straightforward_step(clip, diff, builder, augment, images, denoise):
         views.append(augment.jitter(v, fac[b:b + 1], order))
     with torch.no_grad(): emb_pos = image_embedding(clip, torch.cat(views))
     cond_pos = builder.projector(emb_pos)[:, None, :] + diff.text([""])
-    torch.randint(2**62, ())  # DCRTask seeds its negative sampler here; keep the random stream aligned
     x0 = diff.codec.encode(images); noise = torch.randn_like(x0)
     t = torch.randint(0, diff.scheduler.config.num_train_timesteps, (B,), device=dev)
     x_t = diff.scheduler.add_noise(x0, noise, t)
