@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dcr-nb-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DCR_NB_ROOT := $(abspath .)
 
-.PHONY: setup data repro test lab clean-outputs
+.PHONY: setup data repro test lab clean-outputs paper
 .DEFAULT_GOAL := repro
 
 # The virtual environment with every pinned dependency and the package itself (editable).
@@ -30,6 +30,13 @@ repro: setup
 
 test: setup
 	bash scripts/test.sh
+
+# The paper profile on a GPU node (nbs/09_paper.ipynb; parameters in paper/params.yaml): first checks that every
+# input (CLIP weights, Stable Diffusion 2.1 folder, CC3M shards, MMVP-VLM) is here and stops with a list of what
+# is missing, then runs paper/dvc.yaml.
+paper: $(STAMP)
+	$(BIN)/python -m dcr_nb.paper preflight paper/params.yaml
+	dvc repro paper/dvc.yaml
 
 # JupyterLab on the notebooks (works as root too).
 lab: setup

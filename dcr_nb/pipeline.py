@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 import numpy as np
 import torch
+import torch.nn.functional as F
 from .core import ConfigError, StageConfig, atomic_write, root_path, seed_everything
 from .data import SceneDataset, load_eval_set, to_tensor
 from .encoder import create_encoder, get_tokenizer, embed_dim, add_lora, save_encoder, BACKBONES
@@ -19,7 +20,8 @@ from .speed import fast_denoise
 
 # %% auto #0
 __all__ = ['require', 'require_all', 'scene_batches', 'PretrainClipConfig', 'run_pretrain_clip', 'PretrainDenoiserConfig',
-           'load_clip', 'run_pretrain_denoiser', 'sample', 'DCRStageConfig', 'build_dcr_task', 'run_dcr_stage',
+           'load_clip', 'run_pretrain_denoiser', 'sample', 'predicted_x0', 'conditioning_check', 'DCRStageConfig',
+           'dcr_task', 'is_main_process', 'train_dcr', 'train_summary', 'build_dcr_task', 'run_dcr_stage',
            'EvaluateConfig', 'first_n', 'run_evaluate', 'FiguresConfig', 'comparison_table', 'run_figures']
 
 # %% ../nbs/08_pipeline.ipynb #c006
@@ -110,6 +112,30 @@ def sample(d: Diffusion, cond: torch.Tensor, steps: int = 50, guidance: float = 
     return d.codec.decode(x)
 
 # %% ../nbs/08_pipeline.ipynb #c017
+def predicted_x0(scheduler, x_t, t, pred) -> torch.Tensor:
+    "The clean-image estimate implied by a prediction of the scheduler's `prediction_type`."
+    ab = scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, *[1] * (x_t.dim() - 1))
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon": return (x_t - (1 - ab).sqrt() * pred) / ab.sqrt()
+    if kind == "v_prediction": return ab.sqrt() * x_t - (1 - ab).sqrt() * pred
+    if kind == "sample": return pred
+    raise ValueError(f"unknown prediction_type {kind!r}")
+
+@torch.no_grad()
+def conditioning_check(d: Diffusion, images, captions: list[str], timesteps=(100, 300, 500, 700, 900), seed: int = 0):
+    "Per timestep: MSE of the one-step clean estimate with each scene's own caption and with its neighbour's (a DataFrame)."
+    import pandas as pd
+    if len(captions) < 2: raise ValueError("conditioning_check needs at least 2 scenes (captions are swapped between them)")
+    x0 = d.codec.encode(images); own = d.text(list(captions)).to(x0); other = torch.roll(own, 1, 0)
+    g, rows = torch.Generator().manual_seed(seed), []
+    for tv in timesteps:
+        t = torch.full((len(x0),), int(tv)); x_t = d.scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), t)
+        err = {k: F.mse_loss(predicted_x0(d.scheduler, x_t, t, d.denoise(x_t, t, c)), x0).item() for k, c in (("own", own), ("other", other))}
+        rows.append({"t": int(tv), "mse_own_caption": err["own"], "mse_other_caption": err["other"],
+                     "gain_%": 100 * (err["other"] - err["own"]) / err["other"]})
+    return pd.DataFrame(rows).set_index("t")
+
+# %% ../nbs/08_pipeline.ipynb #c021
 @dataclasses.dataclass(frozen=True)
 class DCRStageConfig(TrainConfig):
     "`stage1@<objective>` (projector only) and `stage2@<objective>` (LoRA on the image tower, projector frozen)."
@@ -146,15 +172,9 @@ class DCRStageConfig(TrainConfig):
         if self.stage == 2 and not self.projector: raise ConfigError(f"{name}: stage 2 needs the projector from stage 1 (projector=...)")
         if self.num_negatives < 0 or self.chunk_size < 0 or self.probe_every < 0: raise ConfigError(f"{name}: num_negatives, chunk_size and probe_every must be >= 0")
 
-# %% ../nbs/08_pipeline.ipynb #c019
-def build_dcr_task(cfg: DCRStageConfig) -> tuple[DCRTask, torch.nn.Module]:
-    "The task of a DCR stage, with only that stage's parameters trainable; also returns the CLIP model."
-    from diffusers import UNet2DConditionModel
-    require_all([(cfg.clip, "pretrain_clip"), (cfg.denoiser, "pretrain_denoiser"), (f"{cfg.data}/scenes.npz", "prepare")]
-                + ([(cfg.projector, f"stage1@{cfg.objective}")] if cfg.stage == 2 else []))
-    clip = load_clip(cfg.model, cfg.clip, "pretrain_clip")
-    unet = UNet2DConditionModel.from_pretrained(require(cfg.denoiser, "pretrain_denoiser"))
-    d = standin_diffusion(clip, get_tokenizer(cfg.model), unet, prediction_type=unet.config.get("prediction_type", "epsilon"))
+# %% ../nbs/08_pipeline.ipynb #c024
+def dcr_task(cfg: DCRStageConfig, clip: torch.nn.Module, d: Diffusion) -> DCRTask:
+    "The task of a DCR stage from a frozen CLIP and diffusion side, with only that stage's parameters trainable."
     proj_path = require(cfg.projector, "stage1@" + cfg.objective) if cfg.stage == 2 else None
     seed_everything(cfg.seed)
     builder = ConditionBuilder(Projector(embed_dim(clip), d.d_cross), d.empty)
@@ -163,20 +183,52 @@ def build_dcr_task(cfg: DCRStageConfig) -> tuple[DCRTask, torch.nn.Module]:
         add_lora(clip, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     obj = make_objective(cfg.objective, cfg.target, cfg.tau, cfg.lam, cfg.num_negatives, cfg.chunk_size)
     denoise = fast_denoise(d, prefix=cfg.fast, channels_last=cfg.fast, checkpoint=cfg.checkpoint) if cfg.fast or cfg.checkpoint else None
-    return DCRTask(clip, builder, d, obj, probe_every=cfg.probe_every, denoise=denoise), clip
+    return DCRTask(clip, builder, d, obj, probe_every=cfg.probe_every, denoise=denoise)
+
+def is_main_process() -> bool:
+    "Is this the main process of an `accelerate launch` (or a plain run)?"
+    from accelerate import PartialState
+    return PartialState().is_main_process
+
+def train_dcr(cfg: DCRStageConfig, task: DCRTask, get_batch, fp_extra) -> Path | None:
+    "Train a DCR stage; the main process writes `<out>/projector.pt` (stage 1) or `<out>/encoder.pt` (stage 2) and gets its path."
+    train(task, get_batch, cfg, root_path(cfg.train_dir), fp_extra=fp_extra, desc=f"stage{cfg.stage}@{cfg.objective}")
+    if not is_main_process(): return None
+    out = root_path(cfg.out)
+    if cfg.stage == 1:
+        buf = io.BytesIO(); torch.save(task.builder.projector.state_dict(), buf)
+        return atomic_write(out / "projector.pt", buf.getvalue())
+    return save_encoder(task.clip, out / "encoder.pt")
+
+# %% ../nbs/08_pipeline.ipynb #c026
+def train_summary(train_dir) -> dict:
+    "Per logged term: first, last, mean of the last 10 values; `grad_cos` summarised by `grad_cosine_summary`."
+    from dcr_nb.figures import load_curve
+    from dcr_nb.evaluate import grad_cosine_summary
+    live = root_path(train_dir, "live/plots/metrics/train")
+    terms = {p.stem: load_curve(p)["value"] for p in sorted(live.glob("*.tsv")) if p.stem != "lr"}
+    out = {k: {"first": float(v.iloc[0]), "last": float(v.iloc[-1]), "last10_mean": float(v.iloc[-10:].mean())} for k, v in terms.items()}
+    if "grad_cos" in terms: out["grad_cos"] = grad_cosine_summary(terms["grad_cos"].to_numpy())
+    return out
+
+# %% ../nbs/08_pipeline.ipynb #c027
+def build_dcr_task(cfg: DCRStageConfig) -> tuple[DCRTask, torch.nn.Module]:
+    "The task of a DCR stage on the stand-in models, with only that stage's parameters trainable; also returns the CLIP model."
+    from diffusers import UNet2DConditionModel
+    require_all([(cfg.clip, "pretrain_clip"), (cfg.denoiser, "pretrain_denoiser"), (f"{cfg.data}/scenes.npz", "prepare")]
+                + ([(cfg.projector, f"stage1@{cfg.objective}")] if cfg.stage == 2 else []))
+    clip = load_clip(cfg.model, cfg.clip, "pretrain_clip")
+    unet = UNet2DConditionModel.from_pretrained(require(cfg.denoiser, "pretrain_denoiser"))
+    d = standin_diffusion(clip, get_tokenizer(cfg.model), unet, prediction_type=unet.config.get("prediction_type", "epsilon"))
+    return dcr_task(cfg, clip, d), clip
 
 def run_dcr_stage(cfg: DCRStageConfig) -> Path:
     "Run stage 1 (writes `<out>/projector.pt`) or stage 2 (writes `<out>/encoder.pt`, merged open_clip checkpoint)."
     task, clip = build_dcr_task(cfg)
     fp = [_md5(cfg.clip), _md5(Path(cfg.denoiser) / "diffusion_pytorch_model.safetensors")] + ([_md5(cfg.projector)] if cfg.stage == 2 else [])
-    train(task, scene_batches(cfg.data, cfg.batch_size, cfg.seed), cfg, root_path(cfg.train_dir), fp_extra=fp, desc=f"stage{cfg.stage}@{cfg.objective}")
-    out = root_path(cfg.out)
-    if cfg.stage == 1:
-        buf = io.BytesIO(); torch.save(task.builder.projector.state_dict(), buf)
-        return atomic_write(out / "projector.pt", buf.getvalue())
-    return save_encoder(clip, out / "encoder.pt")
+    return train_dcr(cfg, task, scene_batches(cfg.data, cfg.batch_size, cfg.seed), fp)
 
-# %% ../nbs/08_pipeline.ipynb #c021
+# %% ../nbs/08_pipeline.ipynb #c029
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig(StageConfig):
     "`evaluate@<encoder>`: P-Ability (MMVP-style benchmark) and D-Ability (Fashion-MNIST test) of one encoder."
@@ -213,7 +265,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     np.savez(buf, features=feats[:n].numpy(), labels=np.asarray(ev["labels"][:n])); atomic_write(out / "features.npz", buf.getvalue())
     return metrics
 
-# %% ../nbs/08_pipeline.ipynb #c023
+# %% ../nbs/08_pipeline.ipynb #c031
 @dataclasses.dataclass(frozen=True)
 class FiguresConfig(StageConfig):
     "`figures`: the comparison table and the figures, from every evaluate and training stage."
@@ -229,7 +281,7 @@ def _names(s: str) -> list[str]: return [x.strip() for x in s.split(",") if x.st
 
 def _tsv(path: Path) -> Path | None: return path if path.exists() else None
 
-# %% ../nbs/08_pipeline.ipynb #c024
+# %% ../nbs/08_pipeline.ipynb #c032
 def comparison_table(metrics: dict[str, dict]):
     "One row per encoder: MMVP mean and categories (%), D-Ability metrics (x100), as a DataFrame."
     import pandas as pd

@@ -70,7 +70,7 @@ class DCRTask(nn.Module):
                  augment: nn.Module | None = None, probe_every: int = 0, denoise=None):
         super().__init__()
         self.clip, self.builder, self.objective = clip, builder, objective
-        self.unet, self.d = diffusion.unet, diffusion  # unet registered so .to(device) moves it
+        self.unet, self.codec, self.d = diffusion.unet, diffusion.codec, diffusion  # registered: .to(device) and accelerate move them (a VAE too)
         self.denoise = denoise or diffusion.denoise  # (x_t, t, cond) -> prediction; a faster equivalent may be given
         self.augment, self.probe_every = augment or Augment(), probe_every
         self.needs_view = type(objective) is not ReconLoss  # naive and dcr use the augmented view

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #c001
 from __future__ import annotations
-import contextlib, dataclasses, hashlib, io, json, math, time
+import contextlib, dataclasses, functools, hashlib, io, json, math, time
 from pathlib import Path
 from typing import Callable, Literal
 import torch
@@ -14,7 +14,7 @@ from .core import StageConfig, ConfigError, atomic_write
 
 # %% auto #0
 __all__ = ['CKPT_NAME', 'TrainConfig', 'step_seed', 'batch_indices', 'fingerprint', 'trainable_state', 'save_checkpoint',
-           'load_checkpoint', 'truncate_live_logs', 'NonFiniteLoss', 'make_optimizer', 'train']
+           'load_checkpoint', 'truncate_live_logs', 'NonFiniteLoss', 'make_optimizer', 'lr_factor', 'train']
 
 # %% ../nbs/05_train.ipynb #c006
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,8 @@ class TrainConfig(StageConfig):
     grad_accum: int = 1            # micro-batches per update
     lr: float = 1e-4               # peak learning rate (AdamW)
     weight_decay: float = 0.01     # AdamW weight decay
-    warmup_steps: int = 0          # linear warmup, then constant
+    warmup_steps: int = 0          # linear warmup, then the schedule
+    schedule: Literal["constant", "cosine"] = "constant"  # after warmup: constant (the paper's) or cosine decay to 0
     grad_clip: float = 1.0         # max global grad norm (0 = off)
     ckpt_every: int = 50           # checkpoint period in steps (and always at the end)
     seed: int = 0                  # seed of data order and of every random draw
@@ -103,17 +104,25 @@ class NonFiniteLoss(RuntimeError):
     "Raised when a loss term is NaN or infinite; the last good checkpoint is kept."
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
-    "AdamW over the trainable parameters and the paper's constant-with-warmup schedule."
+    "AdamW over the trainable parameters and a warmup-then-constant (the paper's) or warmup-then-cosine schedule."
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("the task has no trainable parameters")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(cfg.warmup_steps, 1)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, cfg.warmup_steps, cfg.steps, cfg.schedule))
 
-# %% ../nbs/05_train.ipynb #c019
+def lr_factor(warmup: int, steps: int, schedule: str, s: int) -> float:
+    "The learning-rate multiplier of update `s` (0-based): linear warmup, then constant or a cosine decay to 0 at `steps`."
+    warm = max(warmup, 1)
+    decay = 1.0 if schedule == "constant" else 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, s + 1 - warm) / max(steps - warm, 1))))
+    return min(1.0, (s + 1) / warm) * decay
+
+# %% ../nbs/05_train.ipynb #c020
 def _accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
-    return Accelerator(mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no")
+    # step_scheduler_with_optimizer=False: otherwise accelerate steps the schedule once per *process* per update,
+    # and 8 processes would warm up 8 times faster. Our schedule counts optimizer updates.
+    return Accelerator(mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no",
+                       step_scheduler_with_optimizer=False)
 
 def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: TrainConfig, out,
           fp_extra=None, stop_after: int | None = None, desc: str = "train") -> dict:
@@ -151,7 +160,7 @@ def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: Tr
     if live is not None: live.end()
     return {"start_step": start, "steps": cfg.steps, **{f"final_{k}": v for k, v in last.items()}}
 
-# %% ../nbs/05_train.ipynb #c020
+# %% ../nbs/05_train.ipynb #c021
 def _update(model, opt, sched, get_batch, cfg, acc, step) -> dict[str, float]:
     "One optimizer update over `grad_accum` micro-batches; every random draw is seeded by (seed, step)."
     totals: dict[str, float] = {}
