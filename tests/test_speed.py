@@ -35,3 +35,29 @@ def test_benchmark_steps_agree(root, capsys):
     import json
     r = json.loads(out.strip().splitlines()[-1][len("RESULT "):])
     assert r["loss_diff"] < 1e-5 and r["grad_rel_diff"] < 1e-4
+
+
+def _negatives(root):
+    spec = importlib.util.spec_from_file_location("negatives", root / "benchmarks" / "negatives.py")
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    return m
+
+
+@pytest.mark.parametrize("ks,msg", [("0", "between 1 and batch_size - 1 = 7"), ("8", "between 1 and batch_size - 1 = 7"),
+                                    ("1,x", "comma-separated integers"), ("", "between 1 and")])
+def test_negatives_rejects_bad_k(root, ks, msg):
+    with pytest.raises(SystemExit) as e: _negatives(root).main(["--ks", ks])
+    assert msg in str(e.value)
+
+
+def test_negatives_config_is_the_pipelines(root):
+    "The K run's stage config is dvc.yaml's stage<s>@dcr with only num_negatives and the output paths changed."
+    import yaml
+    from pathlib import Path
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    for s in (1, 2):
+        c = _negatives(root).stage_config(p, s, 3, Path("/tmp/x")).to_dict()
+        st, o, d = p[f"stage{s}"], p["objectives"]["dcr"], p["dcr"]
+        assert c["num_negatives"] == 3 and c["objective"] == "dcr" and c["stage"] == s
+        assert (c["steps"], c["lr"], c["batch_size"], c["tau"], c["seed"], c["chunk_size"]) == (st["steps"], st["lr"], st["batch_size"], o["tau"], d["seed"], d["chunk_size"])
+        assert c["lora_r"] == (st["lora_r"] if s == 2 else 0) and c["out"] == f"/tmp/x/stage{s}"
