@@ -23,17 +23,21 @@ def test_train_dcr_rejects_bad_parameters(tmp_path, params, msg):
     assert r.returncode != 0 and msg in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
     assert not (tmp_path / "t" / "checkpoint.pt").exists()  # nothing was trained
 
-def test_an_objective_parameter_touches_only_that_objective():
-    "Changing `objectives.<key>` in params.yaml reruns only that objective's stages (and what reads their outputs)."
+@pytest.mark.parametrize("pipeline,prefix,objectives", [("dvc.yaml", "", ("recon", "naive", "dcr")),
+                                                       ("paper/dvc.yaml", "paper/dvc.yaml:", ("dcr",))])
+def test_an_objective_parameter_touches_only_that_objective(pipeline, prefix, objectives):
+    "Changing `objectives.<key>` in a pipeline's params reruns only that objective's stages (and what reads their outputs)."
+    import yaml
     from dvc.repo import Repo
+    assert tuple(yaml.safe_load((ROOT / pipeline).with_name("params.yaml").read_text())["objectives"]) == objectives
     deps = {}
     for st in Repo(str(ROOT)).index.stages:
+        if Path(st.dvcfile.path).resolve() != (ROOT / pipeline).resolve(): continue
         keys = set()
         for d in st.deps:
             if type(d).__name__ == "ParamsDependency": keys |= set(d.params or []) or {"<whole file>"}
         deps[st.addressing] = keys
-    objectives = ("recon", "naive", "dcr")
     for key in objectives:
         users = {s for s, ks in deps.items() if any(k == f"objectives.{key}" or k.startswith(f"objectives.{key}.") for k in ks)}
-        assert users == {f"stage1@{key}", f"stage2@{key}"}, users
+        assert users == {f"{prefix}stage1@{key}", f"{prefix}stage2@{key}"}, users
     assert not any("objectives" in ks or "<whole file>" in ks for ks in deps.values())

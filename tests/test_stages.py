@@ -9,7 +9,8 @@ def run_check(folder: Path):
 def make_project(root: Path, tmp: Path) -> Path:
     proj = tmp / "proj"; (proj / "nbs").mkdir(parents=True)
     shutil.copytree(root / "nbs" / "stages", proj / "nbs" / "stages")
-    for f in ("dvc.yaml", "params.yaml"): shutil.copy(root / f, proj / f)
+    for f in ("dvc.yaml", "params.yaml", "paper/dvc.yaml", "paper/params.yaml"):
+        (proj / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy(root / f, proj / f)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=proj, check=True, env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"},
                    executable=str(Path(sys.executable).parent / "dvc"))
     return proj
