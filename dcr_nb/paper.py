@@ -11,22 +11,20 @@ import torch
 from .core import ConfigError, StageConfig, atomic_write, root_path, seed_everything
 from .data import (TarShardDataset, ImageFolderDataset, expand_shards, read_mmvp, MMVPFormatError, MMVP_IMAGES,
                          MMVP_HEADER, MMVP_CATEGORIES)
-from .encoder import (BACKBONES, Backbone, MissingWeightsError, resolve_pretrained, _tag_files, create_encoder,
-                            get_tokenizer, embed_dim, add_lora, save_encoder)
-from .conditioning import Diffusion, Projector, ConditionBuilder, load_sd
-from .train import train
-from .tasks import DCRTask, make_objective
-from .speed import fast_denoise
+from .encoder import (BACKBONES, MissingWeightsError, resolve_pretrained, _tag_files, create_encoder,
+                            get_tokenizer, save_encoder)
+from .conditioning import load_sd
+from .tasks import DCRTask
 from .evaluate import evaluate_mmvp, evaluate_d_ability, model_image_size
-from .pipeline import DCRStageConfig, require, dcr_task, is_main_process, train_dcr, train_summary
+from .pipeline import DCRStageConfig, require, dcr_task, train_dcr, write_evaluation
 
 # %% auto #0
-__all__ = ['SD_FILES', 'SD_HOW', 'SHARDS_HOW', 'MMVP_HOW', 'PAPER_PARAMS', 'Missing', 'PaperInputsMissing', 'open_clip_cfg',
-           'check_clip', 'check_sd', 'check_shards', 'check_mmvp', 'check_image_folder', 'PaperInputs', 'preflight',
-           'write_shards', 'write_tiny_sd', 'write_mmvp_folder', 'fake_paper_inputs', 'shard_share', 'ShardCounts',
-           'ShardStream', 'shard_batches', 'PaperStageConfig', 'file_id', 'clip_weights', 'build_paper_task',
-           'run_paper_stage', 'image_folder_set', 'PaperEvaluateConfig', 'run_paper_evaluate', 'rank_papermill',
-           'read_inputs', 'main']
+__all__ = ['SD_FILES', 'SD_HOW', 'SHARDS_HOW', 'MMVP_HOW', 'PAPER_PARAMS', 'Missing', 'PaperInputsMissing', 'open_clip_name',
+           'open_clip_cfg', 'check_clip', 'check_sd', 'check_shards', 'check_mmvp', 'check_image_folder', 'PaperInputs',
+           'preflight', 'write_shards', 'write_tiny_sd', 'write_mmvp_folder', 'fake_paper_inputs', 'shard_share',
+           'ShardCounts', 'ShardStream', 'shard_batches', 'PaperStageConfig', 'file_id', 'clip_weights',
+           'build_paper_task', 'run_paper_stage', 'image_folder_set', 'PaperEvaluateConfig', 'run_paper_evaluate',
+           'rank_papermill', 'read_inputs', 'main']
 
 # %% ../nbs/09_paper.ipynb #c006
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +50,10 @@ def _hub_cache_path(model: str, tag: str, cache_dir: str = "") -> str:
     repo, fname = hub[0].rsplit("/", 1)
     return str(Path(cache_dir or HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / "<revision>" / fname)
 
+def open_clip_name(model: str) -> str:
+    "The open_clip model name of a `BACKBONES` key (other names pass through)."
+    return BACKBONES[model].model if model in BACKBONES else model
+
 def open_clip_cfg(model: str, tag: str) -> dict:
     "open_clip's pretrained config of `model`/`tag` ({} when `tag` is not one of its tags)."
     import open_clip
@@ -60,15 +62,15 @@ def open_clip_cfg(model: str, tag: str) -> dict:
 def check_clip(model: str, pretrained: str, cache_dir: str = "") -> list[Missing]:
     "Is the backbone known and are its weights (a tag in the local caches, or a checkpoint file) here?"
     import open_clip
-    b = BACKBONES.get(model, Backbone(model, None, 0))
-    if b.model not in open_clip.list_models():
+    name = open_clip_name(model)
+    if name not in open_clip.list_models():
         return [Missing("CLIP backbone", model, f"not a BACKBONES key ({', '.join(BACKBONES)}) nor an open_clip model name")]
-    if open_clip_cfg(b.model, pretrained):
-        try: resolve_pretrained(b.model, pretrained, cache_dir or None); return []
-        except MissingWeightsError as e: return [Missing(f"open_clip weights {b.model}/{pretrained}", _hub_cache_path(b.model, pretrained, cache_dir), str(e))]
+    if open_clip_cfg(name, pretrained):
+        try: resolve_pretrained(name, pretrained, cache_dir or None); return []
+        except MissingWeightsError as e: return [Missing(f"open_clip weights {name}/{pretrained}", _hub_cache_path(name, pretrained, cache_dir), str(e))]
     p = root_path(pretrained)
-    tags = open_clip.list_pretrained_tags_by_model(b.model)
-    return [] if p.is_file() else [Missing(f"CLIP checkpoint of {b.model}", str(p), f"a local open_clip checkpoint file of {b.model}, "
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    return [] if p.is_file() else [Missing(f"CLIP checkpoint of {name}", str(p), f"a local open_clip checkpoint file of {name}, "
                                            f"or one of its pretrained tags ({', '.join(tags) or 'none'}) with the weights in the local cache")]
 
 # %% ../nbs/09_paper.ipynb #c012
@@ -301,10 +303,10 @@ def file_id(path) -> str:
         h.update(f.read(1 << 20)); f.seek(max(n - (1 << 20), 0)); h.update(f.read(1 << 20))
     return f"{n}:{h.hexdigest()[:16]}"
 
-def clip_weights(model: str, clip: str, cache_dir: str = "") -> Path:
-    "The local weight file of a CLIP given as a pretrained tag or a checkpoint path."
-    b = BACKBONES.get(model, Backbone(model, None, 0))
-    return resolve_pretrained(b.model, clip, cache_dir or None) if open_clip_cfg(b.model, clip) else require(clip, "the paper inputs")
+def clip_weights(model: str, clip: str, cache_dir: str = "", made_by: str = "the paper inputs") -> Path:
+    "The local weight file of a CLIP given as a pretrained tag or a checkpoint path (written by `made_by`)."
+    name = open_clip_name(model)
+    return resolve_pretrained(name, clip, cache_dir or None) if open_clip_cfg(name, clip) else require(clip, made_by)
 
 # %% ../nbs/09_paper.ipynb #c039
 def build_paper_task(cfg: PaperStageConfig) -> DCRTask:
@@ -354,21 +356,16 @@ class PaperEvaluateConfig(StageConfig):
 def run_paper_evaluate(cfg: PaperEvaluateConfig) -> dict:
     "Evaluate; writes `<out>/metrics.json`, `mmvp_statements.csv` and (with D-Ability) `features.npz`; returns the metrics."
     preflight(mmvp=cfg.mmvp, d_ability=cfg.d_ability)
-    tag = open_clip_cfg(BACKBONES.get(cfg.model, Backbone(cfg.model, None, 0)).model, cfg.encoder)
-    w = clip_weights(cfg.model, cfg.encoder, cfg.cache_dir) if tag else require(cfg.encoder, cfg.made_by)
+    w = clip_weights(cfg.model, cfg.encoder, cfg.cache_dir, cfg.made_by)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     clip = create_encoder(cfg.model, pretrained=str(w), device=dev).eval(); tok = get_tokenizer(cfg.model)
-    seed_everything(cfg.seed); out = root_path(cfg.out)
+    seed_everything(cfg.seed)
     mmvp = evaluate_mmvp(clip, tok, root_path(cfg.mmvp), cfg.batch_size, progress=False)
-    metrics = {"mmvp": mmvp.to_dict(), "d_ability": {}}
+    d, feats, ev = {}, None, {"labels": None}
     if cfg.d_ability:
         ev = image_folder_set(cfg.d_ability, model_image_size(clip)[0], cfg.per_class)
-        metrics["d_ability"], feats = evaluate_d_ability(clip, tok, ev, None, cfg.batch_size, cfg.seed, progress=False)
-        n = min(cfg.n_features, len(feats)); buf = io.BytesIO()
-        np.savez(buf, features=feats[:n].numpy(), labels=ev["labels"][:n]); atomic_write(out / "features.npz", buf.getvalue())
-    atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
-    atomic_write(out / "mmvp_statements.csv", mmvp.table.to_csv(index=False))
-    return metrics
+        d, feats = evaluate_d_ability(clip, tok, ev, None, cfg.batch_size, cfg.seed, progress=False)
+    return write_evaluation(root_path(cfg.out), mmvp, d, feats, ev["labels"], cfg.n_features)
 
 # %% ../nbs/09_paper.ipynb #c050
 def rank_papermill(argv: list[str]) -> int:

@@ -22,7 +22,8 @@ from .speed import fast_denoise
 __all__ = ['require', 'require_all', 'scene_batches', 'PretrainClipConfig', 'run_pretrain_clip', 'PretrainDenoiserConfig',
            'load_clip', 'run_pretrain_denoiser', 'sample', 'predicted_x0', 'conditioning_check', 'DCRStageConfig',
            'dcr_task', 'is_main_process', 'train_dcr', 'train_summary', 'build_dcr_task', 'run_dcr_stage',
-           'EvaluateConfig', 'first_n', 'run_evaluate', 'FiguresConfig', 'comparison_table', 'run_figures']
+           'EvaluateConfig', 'first_n', 'run_evaluate', 'write_evaluation', 'FiguresConfig', 'comparison_table',
+           'run_figures']
 
 # %% ../nbs/08_pipeline.ipynb #c006
 def require(path: str, made_by: str) -> Path:
@@ -257,12 +258,16 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     seed_everything(cfg.seed)
     mmvp = evaluate_mmvp(clip, tok, require(cfg.mmvp, "prepare"), progress=False)
     d, feats = evaluate_d_ability(clip, tok, ev, probe, cfg.batch_size, cfg.seed, progress=False)
-    out = root_path(cfg.out)
-    metrics = {"mmvp": mmvp.to_dict(), "d_ability": d}
+    return write_evaluation(root_path(cfg.out), mmvp, d, feats, ev["labels"], cfg.n_features)
+
+def write_evaluation(out: Path, mmvp, d_ability: dict, feats=None, labels=None, n_features: int = 2000) -> dict:
+    "Write `metrics.json`, `mmvp_statements.csv` and (given features) the first `n_features` in `features.npz`; returns the metrics."
+    metrics = {"mmvp": mmvp.to_dict(), "d_ability": d_ability}
+    if feats is not None:
+        n = min(n_features, len(feats)); buf = io.BytesIO()
+        np.savez(buf, features=feats[:n].numpy(), labels=np.asarray(labels[:n])); atomic_write(out / "features.npz", buf.getvalue())
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
     atomic_write(out / "mmvp_statements.csv", mmvp.table.to_csv(index=False))
-    n = min(cfg.n_features, len(feats)); buf = io.BytesIO()
-    np.savez(buf, features=feats[:n].numpy(), labels=np.asarray(ev["labels"][:n])); atomic_write(out / "features.npz", buf.getvalue())
     return metrics
 
 # %% ../nbs/08_pipeline.ipynb #c031

@@ -133,7 +133,7 @@ def test_accelerate_launch_two_processes(fake, tmp_path):
     out, train_dir = tmp_path / "stage1", tmp_path / "train"
     out.mkdir()
     params = dict(stage=1, objective="dcr", schedule="constant", model="tiny", clip=fake.pretrained, denoiser=fake.sd, data=fake.shards, steps=2,
-                  batch_size=2, grad_accum=2, ckpt_every=1, warmup_steps=0, out=str(out), train_dir=str(train_dir), lr=0.001)
+                  batch_size=2, grad_accum=2, ckpt_every=1, warmup_steps=4, out=str(out), train_dir=str(train_dir), lr=0.001)
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "dcr_nb.paper", "rank-papermill",
            "papermill", "--log-level", "WARNING", str(ROOT / "nbs/stages/paper_train.ipynb"), str(out / "paper_train.ipynb")]
@@ -151,6 +151,10 @@ def test_accelerate_launch_two_processes(fake, tmp_path):
     assert f"wrote {out / 'projector.pt'}" in text
     # 2 updates x 2 micro-batches x 2 images = 8 samples per rank: each rank read one whole shard (6) of its own share,
     # so two count records exist; a single process would have finished only one shard.
+    # The schedule moves once per update, not once per process: after updates 1 and 2 of a 4-step warmup the logged
+    # learning rates are 0.5 and 0.75 x lr (accelerate's default would step it twice per update: 0.75 and 1.0).
+    lrs = (train_dir / "live" / "plots" / "metrics" / "train" / "lr.tsv").read_text().split("\n")[1:]
+    assert [float(l.split("\t")[-1]) for l in lrs if l] == pytest.approx([0.0005, 0.00075]), lrs
     recs = [json.loads(p.read_text()) for p in (train_dir / "shard_counts").glob("*.json")]
     shares = [set(shard_share(expand_shards(fake.shards), 0, 0, r, 2)) for r in (0, 1)]
     assert len(recs) == 2 and all(any(x["path"] in s for x in recs) for s in shares), recs
