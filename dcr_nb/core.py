@@ -4,13 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #c001
 from __future__ import annotations
-import dataclasses, difflib, json, os, random, tempfile, types, typing
+import dataclasses, difflib, hashlib, importlib.util, json, os, random, sys, tempfile, types, typing
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['ROOT_ENV', 'repo_root', 'root_path', 'seed_everything', 'atomic_write', 'ConfigError', 'StageConfig']
+__all__ = ['ROOT_ENV', 'repo_root', 'root_path', 'seed_everything', 'atomic_write', 'ConfigError', 'StageConfig', 'file_md5',
+           'package_code', 'loaded_code', 'dvc_stage', 'stage_deps', 'stage_inputs', 'undeclared_code',
+           'check_declared_code']
 
 # %% ../nbs/00_core.ipynb #c005
 ROOT_ENV = "DCR_NB_ROOT"  # environment variable that overrides root discovery
@@ -122,3 +124,85 @@ class StageConfig:
     def __str__(self):
         w = max(len(k) for k in self.to_dict())
         return "\n".join([type(self).__name__] + [f"  {k:<{w}} = {v!r}" for k, v in self.to_dict().items()])
+
+# %% ../nbs/00_core.ipynb #c101
+def file_md5(path) -> str:
+    "MD5 of a file's bytes (read in 1 MiB blocks)."
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
+def _package_dir() -> Path:
+    "The folder of the imported `dcr_nb` package."
+    return Path(importlib.util.find_spec("dcr_nb").submodule_search_locations[0]).resolve()
+
+def package_code() -> dict[str, str]:
+    "MD5 of every module of the `dcr_nb` package, by repository path (`'dcr_nb/train.py'`)."
+    return {f"dcr_nb/{p.name}": file_md5(p) for p in sorted(_package_dir().glob("*.py")) if p.name not in ("__init__.py", "_modidx.py")}
+
+def loaded_code() -> dict[str, Path]:
+    "The `dcr_nb` modules this process has imported: `{'dcr_nb/<module>.py': file}`."
+    return {f"dcr_nb/{Path(m.__file__).name}": Path(m.__file__).resolve() for name, m in sorted(sys.modules.items())
+            if name.startswith("dcr_nb.") and name != "dcr_nb._modidx" and getattr(m, "__file__", None)}
+
+# %% ../nbs/00_core.ipynb #c102
+def dvc_stage() -> str | None:
+    "The DVC stage this process runs for (`$DVC_STAGE`, set by `dvc repro`, e.g. `stage1@dcr`), or None."
+    return os.environ.get("DVC_STAGE") or None
+
+def _collect(addressing: str, root=None):
+    "The DVC repository at `root` and its stage `addressing` (relative to the root, as `dvc repro` run there names it)."
+    import contextlib
+    from dvc.repo import Repo
+    root = Path(root or os.environ.get("DVC_ROOT") or repo_root())
+    repo = Repo(str(root))
+    try:
+        with contextlib.chdir(root): stages = repo.stage.collect(addressing)
+    except Exception as e:
+        repo.close(); raise ConfigError(f"no DVC stage {addressing!r} in {root}: {e}") from e
+    if len(stages) != 1: repo.close(); raise ConfigError(f"{addressing!r} names {len(stages)} DVC stages in {root}, not one")
+    return repo, stages[0]
+
+def stage_deps(addressing: str, root=None) -> list[str]:
+    "The paths a DVC stage lists as `deps` (params files excluded), relative to the repository root."
+    repo, st = _collect(addressing, root)
+    from dvc.dependency.param import ParamsDependency
+    try: return [os.path.relpath(d.fs_path, repo.root_dir) for d in st.deps if not isinstance(d, ParamsDependency)]
+    finally: repo.close()
+
+def stage_inputs(addressing: str | None = None, root=None) -> dict:
+    "Every input DVC declares for a stage, hashed now as DVC hashes it: `{'stage', 'deps': {path: md5}, 'params': {file: values}}`."
+    addressing = addressing or dvc_stage()
+    if not addressing: raise ConfigError("stage_inputs: no stage named and $DVC_STAGE is not set (not running under `dvc repro`)")
+    repo, st = _collect(addressing, root)
+    from dvc.dependency.param import ParamsDependency
+    deps, params = {}, {}
+    try:
+        for d in st.deps:
+            path = os.path.relpath(d.fs_path, repo.root_dir)
+            if isinstance(d, ParamsDependency): params[path] = d.get_hash().value; continue
+            if not os.path.exists(d.fs_path): raise ConfigError(f"stage {addressing}: its dependency {path} is missing")
+            deps[path] = d.get_hash().value
+    finally: repo.close()
+    return {"stage": addressing, "deps": deps, "params": params}
+
+# %% ../nbs/00_core.ipynb #c105
+def undeclared_code(addressing: str | None = None, root=None) -> list[str]:
+    "Problems with the `dcr_nb` code this process ran, for stage `addressing`: modules it does not declare, or loaded from elsewhere."
+    addressing = addressing or dvc_stage()
+    if not addressing: raise ConfigError("undeclared_code: no stage named and $DVC_STAGE is not set")
+    root = Path(root or os.environ.get("DVC_ROOT") or repo_root()).resolve()
+    declared, problems = set(stage_deps(addressing, root)), []
+    for rel, f in loaded_code().items():
+        if rel not in declared: problems.append(f"{rel} is not a dependency of {addressing} in its dvc.yaml")
+        elif f != root / rel: problems.append(f"{rel} was loaded from {f}, not from the repository DVC hashes ({root / rel})")
+    return problems
+
+def check_declared_code():
+    "Under `dvc repro`: fail if this stage ran `dcr_nb` code it does not declare (DVC would not rerun it when that code changed)."
+    used = ", ".join(Path(k).stem for k in loaded_code())
+    if not dvc_stage(): print(f"dcr_nb code used: {used} (not run by `dvc repro`: declarations not checked)"); return
+    if problems := undeclared_code():
+        raise ConfigError(f"stage {dvc_stage()}: " + "; ".join(problems) + ". Add the missing paths to the stage's `deps` in dvc.yaml.")
+    print(f"dcr_nb code used: {used} (all declared by {dvc_stage()})")

@@ -200,7 +200,7 @@ def lora_targets(tower: nn.Module) -> list[str]:
 def _is_lora(model) -> bool: return type(model.visual).__name__ == "LoraModel"
 
 def add_lora(model: nn.Module, r: int = 16, alpha: float = 16, dropout: float = 0.1, bias: str = "none") -> nn.Module:
-    "Put LoRA adapters (rank `r`, `alpha`, `dropout`, peft `bias` mode) on the image tower, in place; freezes everything else."
+    "Put LoRA adapters (rank `r`, `alpha`, `dropout` (MLP adapters only, see below), peft `bias` mode) on the image tower, in place; freezes the rest."
     from peft import LoraConfig
     from peft.tuners.lora import LoraModel
     if _is_lora(model): raise ValueError("the image tower already has LoRA adapters")

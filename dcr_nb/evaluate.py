@@ -28,7 +28,7 @@ __all__ = ['PROBE_C', 'PROBE_MAX_ITER', 'evaluating', 'model_device', 'model_ima
            'encode_images', 'encode_texts', 'pair_probabilities', 'MMVPResult', 'score_mmvp', 'eval_transform',
            'ImageFiles', 'mmvp_logits', 'evaluate_mmvp', 'class_text_features', 'zero_shot_predict',
            'zero_shot_accuracy', 'cluster_accuracy', 'kmeans_clusters', 'cluster_metrics', 'linear_probe', 'd_ability',
-           'evaluate_d_ability', 'grad_cosine_summary']
+           'evaluate_d_ability']
 
 # %% ../nbs/06_evaluate.ipynb #c006
 @contextlib.contextmanager
@@ -227,13 +227,3 @@ def evaluate_d_ability(model: nn.Module, tokenizer, eval_set: dict, probe_set: d
     cf = class_text_features(model, tokenizer, list(eval_set["class_phrases"]), list(eval_set["templates"]), batch_size)
     pf = encode_images(model, probe_set["images"], batch_size, progress=progress, desc="probe images") if probe_set else None
     return d_ability(feats, eval_set["labels"], cf, pf, probe_set["labels"] if probe_set else None, seed), feats
-
-# %% ../nbs/06_evaluate.ipynb #c039
-def grad_cosine_summary(cosines) -> dict[str, float]:
-    "Fraction of negative cosines and summary statistics of a sequence of gradient cosines (non-finite ones dropped, counted)."
-    c = np.asarray(list(cosines), np.float64).ravel(); ok = c[np.isfinite(c)]
-    if not len(ok): return {"n": 0, "n_nonfinite": int(len(c)), "frac_negative": float("nan")}
-    q05, q25, med, q75, q95 = np.quantile(ok, [0.05, 0.25, 0.5, 0.75, 0.95])
-    return {"n": int(len(ok)), "n_nonfinite": int(len(c) - len(ok)), "frac_negative": float((ok < 0).mean()),
-            "mean": float(ok.mean()), "std": float(ok.std()), "median": float(med), "q05": float(q05), "q25": float(q25),
-            "q75": float(q75), "q95": float(q95), "min": float(ok.min()), "max": float(ok.max())}

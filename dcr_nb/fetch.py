@@ -7,10 +7,10 @@ from __future__ import annotations
 import gzip, hashlib, os, shutil, subprocess, sys, tempfile, urllib.request
 from pathlib import Path
 import numpy as np
-from .core import atomic_write, root_path
+from .core import atomic_write, file_md5, root_path
 
 # %% auto #0
-__all__ = ['FASHION_MD5', 'DEBIAN_DIR', 'DEBIAN_PACKAGE', 'OFFICIAL_URL', 'FASHION_CLASSES', 'DataError', 'fashion_dir', 'md5',
+__all__ = ['FASHION_MD5', 'DEBIAN_DIR', 'DEBIAN_PACKAGE', 'OFFICIAL_URL', 'FASHION_CLASSES', 'DataError', 'fashion_dir',
            'fetch_fashion_mnist', 'read_idx', 'load_fashion_mnist', 'main']
 
 # %% ../nbs/00a_fetch.ipynb #c005
@@ -32,13 +32,6 @@ class DataError(RuntimeError):
 def fashion_dir() -> Path:
     "Where the canonical raw files live: `<root>/data/fashion-mnist`."
     return root_path("data", "fashion-mnist")
-
-def md5(path) -> str:
-    "Hex MD5 of a file, read in 1 MiB blocks."
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
 
 # %% ../nbs/00a_fetch.ipynb #c006
 def _install_debian_package(log=print) -> bool:
@@ -73,7 +66,7 @@ def fetch_fashion_mnist(dest=None, sources=None, install=True, log=print) -> Pat
     for name, want in FASHION_MD5.items():
         p = dest / name
         if not p.exists(): todo.append(name); continue
-        if (got := md5(p)) != want:
+        if (got := file_md5(p)) != want:
             raise DataError(f"{p} is corrupted or not the Fashion-MNIST file: MD5 {got}, expected {want}. "
                             f"Delete it and run `make setup` (or `python -m dcr_nb.fetch`) to obtain it again.")
     if not todo: return dest

@@ -4,6 +4,7 @@
 
 # %% ../nbs/04_losses.ipynb #c001
 from __future__ import annotations
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,7 +12,7 @@ from .conditioning import denoise_pairs
 
 # %% auto #0
 __all__ = ['TARGETS', 'resolve_target', 'diffusion_target', 'dcr_logits', 'dcr_loss', 'DiffusionObjective', 'ReconLoss',
-           'info_nce', 'NaiveLoss', 'sample_negatives', 'DCRLoss', 'grad_cosine']
+           'info_nce', 'NaiveLoss', 'sample_negatives', 'DCRLoss', 'grad_cosine', 'grad_cosine_summary']
 
 # %% ../nbs/04_losses.ipynb #c006
 TARGETS = ("auto", "epsilon", "velocity", "sample")
@@ -172,3 +173,13 @@ def grad_cosine(loss_a: torch.Tensor, loss_b: torch.Tensor, params, retain_graph
         if h is not None: nb = nb + h.double().square().sum()
         if g is not None and h is not None: dot = dot + (g.double() * h.double()).sum()
     return float("nan") if na == 0 or nb == 0 else float(dot / (na.sqrt() * nb.sqrt()))
+
+# %% ../nbs/04_losses.ipynb #c101
+def grad_cosine_summary(cosines) -> dict[str, float]:
+    "Fraction of negative cosines and summary statistics of a sequence of gradient cosines (non-finite ones dropped, counted)."
+    c = np.asarray(list(cosines), np.float64).ravel(); ok = c[np.isfinite(c)]
+    if not len(ok): return {"n": 0, "n_nonfinite": int(len(c)), "frac_negative": float("nan")}
+    q05, q25, med, q75, q95 = np.quantile(ok, [0.05, 0.25, 0.5, 0.75, 0.95])
+    return {"n": int(len(ok)), "n_nonfinite": int(len(c) - len(ok)), "frac_negative": float((ok < 0).mean()),
+            "mean": float(ok.mean()), "std": float(ok.std()), "median": float(med), "q05": float(q05), "q25": float(q25),
+            "q75": float(q75), "q95": float(q95), "min": float(ok.min()), "max": float(ok.max())}

@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .core import ConfigError, StageConfig, atomic_write, root_path, seed_everything
+from .core import ConfigError, StageConfig, atomic_write, file_md5, root_path, seed_everything
 from .data import SceneDataset, load_eval_set, to_tensor
 from .encoder import create_encoder, get_tokenizer, embed_dim, add_lora, save_encoder, BACKBONES
 from .conditioning import standin_diffusion, standin_unet, Projector, ConditionBuilder, Diffusion
@@ -63,7 +63,8 @@ def run_pretrain_clip(cfg: PretrainClipConfig) -> Path:
     "Train from random initialisation; writes `<out>/clip.pt` (an open_clip checkpoint) and returns its path."
     get_batch = scene_batches(cfg.data, cfg.batch_size, cfg.seed, "short")
     seed_everything(cfg.seed); clip = create_encoder(cfg.model, random_init=True)
-    train(ClipPretrainTask(clip, get_tokenizer(cfg.model)), get_batch, cfg, root_path(cfg.train_dir), desc="pretrain_clip")
+    train(ClipPretrainTask(clip, get_tokenizer(cfg.model)), get_batch, cfg, root_path(cfg.train_dir),
+          fp_extra=[_md5(f"{cfg.data}/scenes.npz")], desc="pretrain_clip")
     return save_encoder(clip, root_path(cfg.out) / "clip.pt")
 
 # %% ../nbs/08_pipeline.ipynb #c013
@@ -88,14 +89,13 @@ def run_pretrain_denoiser(cfg: PretrainDenoiserConfig) -> Diffusion:
     clip = load_clip(cfg.model, cfg.clip, "pretrain_clip"); get_batch = scene_batches(cfg.data, cfg.batch_size, cfg.seed, "full")
     seed_everything(cfg.seed); d = standin_diffusion(clip, get_tokenizer(cfg.model), prediction_type=cfg.prediction_type)
     d.unet.requires_grad_(True).train()
-    train(DenoiserPretrainTask(d, cfg.cond_drop), get_batch, cfg, root_path(cfg.train_dir), fp_extra=_md5(cfg.clip), desc="pretrain_denoiser")
+    train(DenoiserPretrainTask(d, cfg.cond_drop), get_batch, cfg, root_path(cfg.train_dir), fp_extra=[_md5(cfg.clip), _md5(f"{cfg.data}/scenes.npz")], desc="pretrain_denoiser")
     d.unet.requires_grad_(False).eval().save_pretrained(root_path(cfg.out) / "unet")
     return d
 
 def _md5(path) -> str:
-    "MD5 of an input file (part of a run's fingerprint: a new input means a new run)."
-    from dcr_nb.fetch import md5
-    return md5(root_path(path))
+    "MD5 of an input file: part of a run's fingerprint outside `dvc repro` too (under it, the stage's deps already are)."
+    return file_md5(root_path(path))
 
 # %% ../nbs/08_pipeline.ipynb #c015
 @torch.no_grad()
@@ -152,7 +152,7 @@ class DCRStageConfig(TrainConfig):
     probe_every: int = 0                           # gradient-conflict probe period in micro-batches (0 = off)
     lora_r: int = 0                                # LoRA rank (stage 2 only)
     lora_alpha: float = 16.0                       # LoRA alpha
-    lora_dropout: float = 0.1                      # LoRA dropout
+    lora_dropout: float = 0.1                      # LoRA dropout: MLP adapters only (peft merges attention adapters, no dropout)
     model: str = "tiny"                            # the CLIP backbone
     clip: str = "outputs/pretrain_clip/clip.pt"    # its checkpoint
     denoiser: str = "outputs/pretrain_denoiser/unet"  # the frozen denoiser (diffusers folder)
@@ -204,12 +204,11 @@ def train_dcr(cfg: DCRStageConfig, task: DCRTask, get_batch, fp_extra) -> Path |
 # %% ../nbs/08_pipeline.ipynb #c026
 def train_summary(train_dir) -> dict:
     "Per logged term: first, last, mean of the last 10 values; `grad_cos` summarised by `grad_cosine_summary`."
-    from dcr_nb.figures import load_curve
-    from dcr_nb.evaluate import grad_cosine_summary
-    live = root_path(train_dir, "live/plots/metrics/train")
-    terms = {p.stem: load_curve(p)["value"] for p in sorted(live.glob("*.tsv")) if p.stem != "lr"}
-    out = {k: {"first": float(v.iloc[0]), "last": float(v.iloc[-1]), "last10_mean": float(v.iloc[-10:].mean())} for k, v in terms.items()}
-    if "grad_cos" in terms: out["grad_cos"] = grad_cosine_summary(terms["grad_cos"].to_numpy())
+    from dcr_nb.train import read_live_metrics
+    from dcr_nb.losses import grad_cosine_summary
+    terms = {k: [v for _, v in rows] for k, rows in read_live_metrics(root_path(train_dir)).items() if k != "lr" and rows}
+    out = {k: {"first": v[0], "last": v[-1], "last10_mean": float(np.mean(v[-10:]))} for k, v in terms.items()}
+    if "grad_cos" in terms: out["grad_cos"] = grad_cosine_summary(terms["grad_cos"])
     return out
 
 # %% ../nbs/08_pipeline.ipynb #c027
@@ -226,7 +225,7 @@ def build_dcr_task(cfg: DCRStageConfig) -> tuple[DCRTask, torch.nn.Module]:
 def run_dcr_stage(cfg: DCRStageConfig) -> Path:
     "Run stage 1 (writes `<out>/projector.pt`) or stage 2 (writes `<out>/encoder.pt`, merged open_clip checkpoint)."
     task, clip = build_dcr_task(cfg)
-    fp = [_md5(cfg.clip), _md5(Path(cfg.denoiser) / "diffusion_pytorch_model.safetensors")] + ([_md5(cfg.projector)] if cfg.stage == 2 else [])
+    fp = [_md5(cfg.clip), _md5(Path(cfg.denoiser) / "diffusion_pytorch_model.safetensors"), _md5(f"{cfg.data}/scenes.npz")] + ([_md5(cfg.projector)] if cfg.stage == 2 else [])
     return train_dcr(cfg, task, scene_batches(cfg.data, cfg.batch_size, cfg.seed), fp)
 
 # %% ../nbs/08_pipeline.ipynb #c029
@@ -239,11 +238,17 @@ class EvaluateConfig(StageConfig):
     made_by: str = "pretrain_clip"                # the stage that writes the checkpoint
     mmvp: str = "outputs/prepare/mmvp"            # an MMVP-VLM-format folder
     data: str = "outputs/prepare"                 # eval_test.npz and eval_train.npz (linear probe)
-    n_eval: int = 0                               # evaluate on the first n test items (0 = all)
+    n_eval: int = 0                               # D-Ability on the first n test items (0 = all)
+    n_probe_train: int = 0                        # linear probe trained on the first n items of eval_train.npz (0 = all)
     n_features: int = 2000                        # test features kept for the t-SNE figure
     batch_size: int = 256
     seed: int = 0
     out: str = "outputs/evaluate/baseline"
+
+    def __post_init__(self):
+        super().__post_init__()
+        for k in ("n_eval", "n_probe_train", "n_features"):
+            if getattr(self, k) < 0: raise ConfigError(f"EvaluateConfig.{k} must be >= 0 (0 = all), got {getattr(self, k)}")
 
 def first_n(s: dict, n: int) -> dict:
     "The first `n` items of an eval set dict (all if `n` is 0)."
@@ -254,7 +259,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from dcr_nb.evaluate import evaluate_mmvp, evaluate_d_ability
     clip = load_clip(cfg.model, cfg.encoder, cfg.made_by); tok = get_tokenizer(cfg.model)
     ev = first_n(load_eval_set(require(f"{cfg.data}/eval_test.npz", "prepare")), cfg.n_eval)
-    probe = first_n(load_eval_set(require(f"{cfg.data}/eval_train.npz", "prepare")), cfg.n_eval)
+    probe = first_n(load_eval_set(require(f"{cfg.data}/eval_train.npz", "prepare")), cfg.n_probe_train)
     seed_everything(cfg.seed)
     mmvp = evaluate_mmvp(clip, tok, require(cfg.mmvp, "prepare"), progress=False)
     d, feats = evaluate_d_ability(clip, tok, ev, probe, cfg.batch_size, cfg.seed, progress=False)
@@ -299,7 +304,7 @@ def comparison_table(metrics: dict[str, dict]):
 def run_figures(cfg: FiguresConfig) -> dict:
     "Write `comparison.json` (the metrics file), `summary.csv/md`, `conflict.json` and the PNG figures under `out`; returns the paths."
     from dcr_nb import figures as F
-    from dcr_nb.evaluate import grad_cosine_summary
+    from dcr_nb.losses import grad_cosine_summary
     out, ev, tr = root_path(cfg.out), root_path(cfg.evaluate), root_path(cfg.train)
     encs, objs = _names(cfg.encoders), _names(cfg.objectives)
     metrics = {e: json.loads(require(f"{cfg.evaluate}/{e}/metrics.json", f"evaluate@{e}").read_text()) for e in encs}

@@ -4,17 +4,18 @@
 
 # %% ../nbs/05_train.ipynb #c001
 from __future__ import annotations
-import contextlib, dataclasses, functools, hashlib, io, json, math, time
+import contextlib, dataclasses, functools, hashlib, io, json, math, os, shutil, time
 from pathlib import Path
 from typing import Callable, Literal
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from .core import StageConfig, ConfigError, atomic_write
+from .core import StageConfig, ConfigError, atomic_write, dvc_stage, stage_inputs, package_code
 
 # %% auto #0
-__all__ = ['CKPT_NAME', 'TrainConfig', 'step_seed', 'batch_indices', 'fingerprint', 'trainable_state', 'save_checkpoint',
-           'load_checkpoint', 'truncate_live_logs', 'NonFiniteLoss', 'make_optimizer', 'lr_factor', 'train']
+__all__ = ['CKPT_NAME', 'ASIDE', 'TrainConfig', 'step_seed', 'batch_indices', 'fingerprint', 'run_inputs', 'trainable_state',
+           'save_checkpoint', 'load_checkpoint', 'changed_inputs', 'prepare_run_dir', 'truncate_live_logs',
+           'read_live_metrics', 'NonFiniteLoss', 'make_optimizer', 'lr_factor', 'train']
 
 # %% ../nbs/05_train.ipynb #c006
 @dataclasses.dataclass(frozen=True)
@@ -56,31 +57,37 @@ def batch_indices(n: int, batch_size: int, seed: int, k: int, rank: int = 0, wor
     return torch.cat(out)[rank::world]
 
 # %% ../nbs/05_train.ipynb #c012
-CKPT_NAME = "checkpoint.pt"
+CKPT_NAME, ASIDE = "checkpoint.pt", "other_inputs"
 
 def fingerprint(*parts) -> str:
     "A short hash of JSON-serialisable parts (configs, input hashes)."
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+def run_inputs(cfg: StageConfig, extra=None) -> dict:
+    "Everything a training run depends on: its config, the inputs its DVC stage declares (else the package code), and `extra`."
+    declared = stage_inputs() if dvc_stage() else {"stage": None, "code": package_code()}
+    return {"config": cfg.to_dict(), **declared, "extra": extra}
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     "The parameters of `model` that require gradients, by name (detached, on the CPU)."
     return {k: p.detach().cpu().clone() for k, p in model.named_parameters() if p.requires_grad}
 
-def save_checkpoint(path, step: int, model, optimizer, scheduler, fp: str) -> Path:
-    "Atomically write a training checkpoint."
+def save_checkpoint(path, step: int, model, optimizer, scheduler, fp: str, inputs: dict | None = None) -> Path:
+    "Atomically write a training checkpoint of the run with fingerprint `fp` (and the `inputs` it was made from)."
     buf = io.BytesIO()
-    torch.save({"step": step, "fingerprint": fp, "trainable": trainable_state(model),
+    torch.save({"step": step, "fingerprint": fp, "inputs": inputs, "trainable": trainable_state(model),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buf)
     return atomic_write(path, buf.getvalue())
 
 # %% ../nbs/05_train.ipynb #c013
 def load_checkpoint(path, model, optimizer, scheduler, fp: str) -> int:
-    "Restore a checkpoint written by `save_checkpoint`; returns its step (0 if absent or from another run)."
+    "Restore a checkpoint written by `save_checkpoint`; returns its step (0 if absent). A checkpoint of another run is an error."
     path = Path(path)
     if not path.exists(): return 0
     ck = torch.load(path, map_location="cpu", weights_only=False)
     if ck["fingerprint"] != fp:
-        print(f"ignoring {path}: it belongs to a run with other settings"); return 0
+        raise RuntimeError(f"{path} belongs to a run with other inputs (fingerprint {ck['fingerprint']}, this run {fp}); "
+                           f"`prepare_run_dir` sets such a checkpoint aside before training")
     params = dict(model.named_parameters())
     if missing := set(ck["trainable"]) ^ {k for k, p in params.items() if p.requires_grad}:
         raise RuntimeError(f"{path} does not match the model's trainable parameters (e.g. {sorted(missing)[:3]})")
@@ -88,6 +95,41 @@ def load_checkpoint(path, model, optimizer, scheduler, fp: str) -> int:
         for k, v in ck["trainable"].items(): params[k].copy_(v)
     optimizer.load_state_dict(ck["optimizer"]); scheduler.load_state_dict(ck["scheduler"])
     return ck["step"]
+
+# %% ../nbs/05_train.ipynb #c100
+def _flat(d, key=()) -> dict:
+    if isinstance(d, dict) and d: return {k: v for kk, vv in d.items() for k, v in _flat(vv, key + (str(kk),)).items()}
+    if isinstance(d, (list, tuple)) and d: return {k: v for i, vv in enumerate(d) for k, v in _flat(vv, key + (str(i),)).items()}
+    return {key: d}
+
+def _name(key: tuple) -> str:
+    if key[0] in ("deps", "code") and len(key) > 1: return key[1]                  # a file or folder
+    if key[0] == "params" and len(key) > 1: return f"{key[1]}: " + ".".join(key[2:])  # params.yaml: stage1.lr
+    return ".".join(key)                                                             # config.lr, stage, extra.0
+
+def changed_inputs(old: dict, new: dict) -> list[str]:
+    "The inputs (files, parameters, config fields) whose value differs between two `run_inputs` records."
+    a, b = _flat(old), _flat(new)
+    return sorted({_name(k) for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>")})
+
+def prepare_run_dir(out, fp: str, inputs: dict) -> str | None:
+    "Keep `out` if its checkpoint is of this run (fingerprint `fp`); else set its contents aside in `out/other_inputs`. Returns why, or None."
+    out = Path(out); ckpt = out / CKPT_NAME
+    items = [p for p in out.iterdir() if p.name != ASIDE] if out.is_dir() else []
+    if not items: return None
+    if ckpt.exists():
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+        if ck.get("fingerprint") == fp: return None
+        changed = changed_inputs(ck["inputs"], inputs) if ck.get("inputs") else ["(not recorded: an older checkpoint format)"]
+        why = f"its checkpoint (step {ck['step']}) is of a run with other inputs; changed: " + ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+    else: why = "a run with no checkpoint (stopped before its first one)"
+    dest = out / ASIDE
+    if dest.exists(): shutil.rmtree(dest)  # only the latest set-aside run is kept
+    dest.mkdir()
+    atomic_write(dest / "why.txt", why + "\n")
+    for p in sorted(items, key=lambda p: p.name == CKPT_NAME): os.replace(p, dest / p.name)  # the checkpoint last
+    print(f"set aside {out}: {why}. Moved to {dest}; training from step 0.")
+    return why
 
 # %% ../nbs/05_train.ipynb #c015
 def truncate_live_logs(live_dir, step: int):
@@ -98,6 +140,16 @@ def truncate_live_logs(live_dir, step: int):
         col = lines[0].split("\t").index("step")
         keep = [lines[0]] + [l for l in lines[1:] if int(l.split("\t")[col]) < step]
         atomic_write(f, "\n".join(keep) + "\n")
+
+# %% ../nbs/05_train.ipynb #c103
+def read_live_metrics(train_dir) -> dict[str, list[tuple[int, float]]]:
+    "The per-step terms a run logged (DVCLive TSVs under `<train_dir>/live`): `{term: [(step, value), ...]}`."
+    out = {}
+    for f in sorted(Path(train_dir, "live/plots/metrics").glob("**/*.tsv")):
+        head, *rows = [l.split("\t") for l in f.read_text().splitlines() if l]
+        s, v = head.index("step"), [i for i, h in enumerate(head) if h not in ("step", "timestamp")][0]
+        out[f.stem] = [(int(r[s]), float(r[v])) for r in rows]
+    return out
 
 # %% ../nbs/05_train.ipynb #c018
 class NonFiniteLoss(RuntimeError):
@@ -126,7 +178,7 @@ def _accelerator(cfg: TrainConfig):
 
 def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: TrainConfig, out,
           fp_extra=None, stop_after: int | None = None, desc: str = "train") -> dict:
-    "Train `task`'s trainable parameters; `get_batch(k, rank, world)` gives micro-batch `k`. Resumes from `out/checkpoint.pt`."
+    "Train `task`'s trainable parameters; `get_batch(k, rank, world)` gives micro-batch `k`. Resumes `out/checkpoint.pt` if it is of the same inputs."
     from dvclive import Live
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     acc = _accelerator(cfg)
@@ -134,9 +186,13 @@ def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: Tr
     # with index_put, whose parallel CPU kernel adds in a timing-dependent order unless told otherwise.
     torch.use_deterministic_algorithms(True, warn_only=True)
     opt, sched = make_optimizer(task, cfg)
-    fp = fingerprint(cfg.to_dict(), fp_extra)
+    inputs = run_inputs(cfg, fp_extra); fp = fingerprint(inputs)
+    aside = prepare_run_dir(out, fp, inputs) if acc.is_main_process else None  # a run of other inputs is never resumed
+    acc.wait_for_everyone()
     start = load_checkpoint(out / CKPT_NAME, task, opt, sched, fp)
-    if acc.is_main_process: atomic_write(out / "config.json", json.dumps({"config": cfg.to_dict(), "inputs": fp_extra}, indent=1, default=str))
+    if acc.is_main_process:
+        if start: print(f"resuming {out} at step {start} of {cfg.steps}: its checkpoint is of a run with the same inputs")
+        atomic_write(out / "run.json", json.dumps({"fingerprint": fp, "start_step": start, "set_aside": aside, "inputs": inputs}, indent=1, default=str))
     model, opt, sched = acc.prepare(task, opt, sched)
     live = None
     if acc.is_main_process:
@@ -155,10 +211,10 @@ def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: Tr
         bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{(done - start) * cfg.batch_size * cfg.grad_accum * acc.num_processes / (time.perf_counter() - t0):.1f}")
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             acc.wait_for_everyone()
-            if acc.is_main_process: save_checkpoint(out / CKPT_NAME, done, acc.unwrap_model(model), opt, sched, fp)
+            if acc.is_main_process: save_checkpoint(out / CKPT_NAME, done, acc.unwrap_model(model), opt, sched, fp, inputs)
         if stop_after is not None and done >= stop_after: break
     if live is not None: live.end()
-    return {"start_step": start, "steps": cfg.steps, **{f"final_{k}": v for k, v in last.items()}}
+    return {"start_step": start, "steps": cfg.steps, "set_aside": aside, **{f"final_{k}": v for k, v in last.items()}}
 
 # %% ../nbs/05_train.ipynb #c021
 def _update(model, opt, sched, get_batch, cfg, acc, step) -> dict[str, float]:

@@ -1,6 +1,9 @@
 """Check every stage notebook run by papermill in dvc.yaml, and every notebook in nbs/stages/:
 exactly one cell tagged `parameters`, no committed outputs or execution counts, and the names the
-stage passes with `papermill -p` are exactly the names its parameters cell assigns."""
+stage passes with `papermill -p` are exactly the names its parameters cell assigns. Also: a stage's only
+persistent output (`persist: true`, kept across reruns) is the `train_dir` it passes, the folder whose
+checkpoint the trainer resumes only when the stage's inputs are unchanged (anything else persisted
+would survive a rerun with no such check)."""
 import ast, shlex, sys
 from pathlib import Path
 import nbformat
@@ -31,6 +34,11 @@ for stage in Repo(str(ROOT)).index.stages:
     nb = (ROOT / toks[[j for j in range(i + 1, len(toks)) if toks[j].endswith(".ipynb")][0]]).resolve()
     used.add(nb)
     passed = [toks[j + 1] for j in range(i, len(toks) - 1) if toks[j] in ("-p", "--parameters")]
+    tdir = [toks[j + 2] for j in range(i, len(toks) - 2) if toks[j] in ("-p", "--parameters") and toks[j + 1] == "train_dir"]
+    for o in stage.outs:
+        if o.persist and (o.def_path.rstrip("/") not in [t.rstrip("/") for t in tdir]):
+            errors.append(f"stage {stage.addressing}: persists {o.def_path}, which is not its train_dir {tdir} "
+                          "(only a train_dir is checked against the stage's inputs before it is reused)")
     if nb not in names: errors.append(f"stage {stage.addressing}: {nb} is not a notebook in nbs/stages/"); continue
     if sorted(passed) != sorted(names[nb]):
         errors.append(f"stage {stage.addressing}: passes {sorted(passed)} but {nb.name}'s parameters cell defines {sorted(names[nb])}")

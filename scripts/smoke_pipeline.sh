@@ -7,12 +7,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-}; [[ -n "$WORK" ]] || { WORK=$(mktemp -d -t dcr-smoke.XXXXXX); CLEANUP=1; }
 PROFILE=${2:-profiles/smoke.yaml}
 export PATH="$ROOT/.venv/bin:$PATH" DCR_NB_ROOT="$WORK" MPLBACKEND=Agg PYTHONHASHSEED=0
-mkdir -p "$WORK"
-(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$WORK"
-cp -rl "$ROOT/data" "$WORK/data" 2>/dev/null || cp -r "$ROOT/data" "$WORK/data"
-cp "$ROOT/$PROFILE" "$WORK/params.yaml"
+bash "$ROOT/scripts/scratch_project.sh" "$WORK" "$PROFILE"
 cd "$WORK"
-git init -q && git add -A >/dev/null && git -c user.name=smoke -c user.email=smoke@localhost commit -qm smoke
 metrics() { find outputs -name 'metrics.json' -o -name 'report.json' -o -name 'conflict.json' -o -name 'comparison.json' -o -name 'train_summary.json' | sort | xargs md5sum; }
 for run in 1 2; do
   rm -rf outputs

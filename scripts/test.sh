@@ -27,4 +27,4 @@ nbdev_test --n_workers 2 --timing
 step "5/6 the real pipeline on the smoke profile: dvc repro twice from scratch, identical metrics"
 bash scripts/smoke_pipeline.sh
 step "6/6 pytest tests/"
-python -m pytest tests/ -q -p no:cacheprovider
+python -m pytest tests/ -q -p no:cacheprovider ${FAST:+-m "not slow"}

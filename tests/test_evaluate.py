@@ -7,8 +7,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from dcr_nb.evaluate import (class_text_features, cluster_accuracy, cluster_metrics, d_ability, encode_images,
-                             eval_transform, evaluate_mmvp, evaluating, grad_cosine_summary, linear_probe,
+                             eval_transform, evaluate_mmvp, evaluating, linear_probe,
                              pair_probabilities, score_mmvp, zero_shot_accuracy)
+from dcr_nb.losses import grad_cosine_summary
 
 HEADER = "Question ID,Type,Statement"
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}

@@ -2,7 +2,8 @@
 import gzip
 import pytest
 from conftest import run_py
-from dcr_nb.fetch import FASHION_MD5, DataError, fetch_fashion_mnist, fashion_dir, md5, read_idx
+from dcr_nb.fetch import FASHION_MD5, DataError, fetch_fashion_mnist, fashion_dir, read_idx
+from dcr_nb.core import file_md5 as md5
 
 def test_canonical_files_present_and_verified():
     d = fetch_fashion_mnist(install=False)

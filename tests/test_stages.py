@@ -31,3 +31,14 @@ def test_detects_outputs_extra_param_and_two_parameter_cells(root, tmp_path):
     code[-1]["metadata"]["tags"] = []; nb_path.write_text(json.dumps(nb))
     dvc = proj / "dvc.yaml"; dvc.write_text(dvc.read_text().replace("-p seed ${prepare.seed}", "-p seed ${prepare.seed} -p sede 1"))
     r = run_check(proj); assert r.returncode == 1 and "passes" in r.stdout and "sede" in r.stdout
+
+def test_detects_a_persistent_output_that_is_not_the_train_dir(root, tmp_path):
+    "Only a stage's train_dir may survive a rerun (its checkpoint is checked against the stage's inputs)."
+    proj = make_project(root, tmp_path)
+    for f, key, other in (("dvc.yaml", "${pretrain_clip.train_dir}:", "${pretrain_clip.out}/cache:"),
+                          ("paper/dvc.yaml", "outputs/paper/train/stage1/${key}:", "outputs/paper/cache/stage1/${key}:")):
+        path = proj / f; text = path.read_text(); assert text.count(key) == 1, (f, key)
+        path.write_text(text.replace(key, other))
+        r = run_check(proj); assert r.returncode == 1 and "persists" in r.stdout and "not its train_dir" in r.stdout, r.stdout
+        path.write_text(text)
+    assert run_check(proj).returncode == 0
