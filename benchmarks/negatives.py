@@ -8,7 +8,9 @@ For each K it runs DCR stage 1 and stage 2 with exactly the default pipeline's s
 objective (params.yaml: `dcr`, `stage1`, `stage2`, `objectives.dcr`) except `num_negatives = K`, then
 the `evaluate` stage's evaluation, through the same library functions the stage notebooks call. It prints
 one table, with the pipeline's own `baseline` and `dcr` (all negatives) rows read from outputs/evaluate,
-and writes it to `<out>/negatives.json` and `<out>/negatives.md`. Runs resume: a finished K is not redone.
+and writes it to `<out>/negatives.json` and `<out>/negatives.md`. Runs resume: a finished K is not redone
+while its inputs (the parameters above, the pipeline's CLIP, denoiser and data, the dcr_nb code) are the
+same; after any change it is redone (the trainer sets its old checkpoints aside by the same rule).
 The throughput side of K (denoiser calls B*(K+2) instead of B*(B+1)) is measured by benchmarks/dcr_step.py.
 """
 from __future__ import annotations
@@ -37,16 +39,24 @@ def stage_config(p: dict, stage: int, k: int, out: Path):
 def run_k(p: dict, k: int, out: Path) -> dict:
     "Stage 1, stage 2 and evaluation with k negatives; returns the metrics (and the training wall times)."
     from dcr_nb.pipeline import EvaluateConfig, run_dcr_stage, run_evaluate
-    done = out / "metrics.json"
-    if done.exists(): return json.loads(done.read_text())
+    from dcr_nb.core import file_md5, package_code
+    done, d = out / "metrics.json", p["pretrain_denoiser"]["out"]
+    inputs = {"k": k, "params": {s: p[s] for s in ("dcr", "stage1", "stage2", "evaluate", "pretrain_clip", "prepare")},
+              "objective": p["objectives"]["dcr"], "code": package_code(),
+              "files": {f: file_md5(ROOT / f) for f in (f"{p['pretrain_clip']['out']}/clip.pt", f"{d}/unet/diffusion_pytorch_model.safetensors",
+                                                        f"{p['prepare']['out']}/scenes.npz", f"{p['prepare']['out']}/eval_test.npz")}}
+    if done.exists():
+        old = json.loads(done.read_text())
+        if old.get("inputs") == inputs: return old
+        print(f"K = {k}: {done} is of other inputs; running it again", flush=True)
     times = {}
     for stage in (1, 2):
         t0 = time.perf_counter(); run_dcr_stage(stage_config(p, stage, k, out)); times[f"stage{stage}_s"] = time.perf_counter() - t0
     e = p["evaluate"]
     m = run_evaluate(EvaluateConfig(name=f"dcr_k{k}", model=p["pretrain_clip"]["model"], encoder=str(out / "stage2" / "encoder.pt"),
                                     made_by=f"stage 2 of negatives.py K={k}", mmvp=f"{p['prepare']['out']}/mmvp", data=p["prepare"]["out"],
-                                    n_eval=e["n_eval"], n_features=e["n_features"], batch_size=e["batch_size"], seed=e["seed"], out=str(out / "evaluate")))
-    m = {**m, **times}
+                                    n_eval=e["n_eval"], n_probe_train=e["n_probe_train"], n_features=e["n_features"], batch_size=e["batch_size"], seed=e["seed"], out=str(out / "evaluate")))
+    m = {**m, **times, "inputs": inputs}
     done.write_text(json.dumps(m, indent=1))
     return m
 
@@ -79,7 +89,7 @@ def main(argv=None):
     md = table[cols].to_markdown()
     (out / "negatives.md").write_text(md + "\n"); (out / "negatives.json").write_text(json.dumps(table.to_dict(orient="index"), indent=1))
     print(md)
-    for k in ks: print(f"K = {k}: stage 1 {rows[f'dcr, K = {k}'].get('stage1_s', float('nan')):.0f} s, stage 2 {rows[f'dcr, K = {k}'].get('stage2_s', float('nan')):.0f} s (this run)")
+    for k in ks: print(f"K = {k}: stage 1 {rows[f'dcr, K = {k}'].get('stage1_s', float('nan')):.0f} s, stage 2 {rows[f'dcr, K = {k}'].get('stage2_s', float('nan')):.0f} s (the run that made them)")
 
 
 if __name__ == "__main__":
