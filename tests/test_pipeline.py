@@ -15,7 +15,7 @@ def run_stage(nb: str, tmp_path, *params):
     ((("batch_size", 1),), "dcr needs batch_size >= 2"),
     ((("lora_r", 16),), "LoRA (lora_r=16) belongs to stage 2"),
     ((("stage", 2), ("lora_r", 4), ("projector", "outputs/nowhere/projector.pt")), "produced by the `stage1@dcr` stage"),
-    ((("clip", "outputs/nowhere/clip.pt"),), "produced by the `pretrain_clip` stage"),
+    ((("clip", "outputs/nowhere/clip.pt"),), "shipped in git with the world: restore it with `git checkout -- world/weights`"),
     ((("lr", "fast"),), "DCRStageConfig.lr must be float, got str 'fast'"),
 ])
 def test_train_dcr_rejects_bad_parameters(tmp_path, params, msg):

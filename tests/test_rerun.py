@@ -1,9 +1,9 @@
 """A rerun through DVC resumes a training stage only when nothing it depends on has changed.
 
 The path a researcher takes: run a stage, stop it or let it finish, edit code or data, `dvc repro`
-again. These tests do that with the real `pretrain_clip` stage (papermill, DVC, the smoke profile at
-60 steps) in one scratch copy of the working tree, and look at what the rerun did: the step it
-started from (`run.json`), what it set aside, and the weights it exported (`clip.pt`).
+again. These tests do that with the real `stage1@dcr` stage (papermill, DVC, the shipped world, the smoke
+profile at 60 steps) in one scratch copy of the working tree, and look at what the rerun did: the step it
+started from (`run.json`), what it set aside, and the weights it exported (`projector.pt`).
 """
 import json, os, shutil, subprocess, sys, time
 from pathlib import Path
@@ -11,7 +11,8 @@ import psutil, pytest, torch, yaml
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-STAGE, STEPS, EVERY = "pretrain_clip", 60, 10
+STAGE, STEPS, EVERY = "stage1@dcr", 60, 10
+SECTION, TRAIN, OUT, WEIGHTS, NB = "stage1", "outputs/train/stage1/dcr", "outputs/stage1/dcr", "projector.pt", "train_dcr.ipynb"
 
 def env(work: Path) -> dict:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DCR_NB_ROOT": str(work),
@@ -26,8 +27,8 @@ def repro(work: Path, *args) -> str:
 
 def killed_mid_run(work: Path) -> int:
     "Run the stage from scratch and SIGKILL it (DVC, papermill and the kernel) once it has a checkpoint; returns its step."
-    shutil.rmtree(work / "outputs/train" / STAGE, ignore_errors=True)
-    ckpt = work / "outputs/train" / STAGE / "checkpoint.pt"
+    shutil.rmtree(work / TRAIN, ignore_errors=True)
+    ckpt = work / TRAIN / "checkpoint.pt"
     p = subprocess.Popen(["dvc", "repro", "--no-run-cache", "-f", "-s", STAGE], cwd=work, env=env(work),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     t0 = time.time()
@@ -44,18 +45,18 @@ def killed_mid_run(work: Path) -> int:
     assert 0 < step < STEPS, f"killed at step {step}: the run should stop between its first checkpoint and its end"
     return step
 
-def run_record(work: Path) -> dict: return json.loads((work / "outputs/train" / STAGE / "run.json").read_text())
-def weights(work: Path) -> dict: return torch.load(work / "outputs" / STAGE / "clip.pt", map_location="cpu", weights_only=True)
-def executed(work: Path) -> str: return (work / "outputs" / STAGE / f"{STAGE}.ipynb").read_text()
+def run_record(work: Path) -> dict: return json.loads((work / TRAIN / "run.json").read_text())
+def weights(work: Path) -> dict: return torch.load(work / OUT / WEIGHTS, map_location="cpu", weights_only=True)
+def executed(work: Path) -> str: return (work / OUT / NB).read_text()
 def same(a: dict, b: dict) -> bool: return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    "A scratch copy on the smoke profile (pretrain_clip at 60 steps), and the weights of one uninterrupted run."
+    "A scratch copy on the smoke profile (stage1@dcr at 60 steps), and the weights of one uninterrupted run."
     work = tmp_path_factory.mktemp("rerun") / "proj"
     subprocess.run(["bash", str(ROOT / "scripts/scratch_project.sh"), str(work)], check=True, env=env(work))
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params[STAGE].update(steps=STEPS, ckpt_every=EVERY)
+    params[SECTION].update(steps=STEPS, ckpt_every=EVERY)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "commit", "-qam", f"{STAGE} at {STEPS} steps"], cwd=work, check=True)
     repro(work)
@@ -75,7 +76,7 @@ def test_killed_then_unchanged_resumes_bit_identical(clean):
     repro(work)
     rec = run_record(work)
     assert rec["start_step"] == step and rec["set_aside"] is None, rec
-    assert f"resuming {work}/outputs/train/{STAGE} at step {step} of {STEPS}" in executed(work)
+    assert f"resuming {work}/{TRAIN} at step {step} of {STEPS}" in executed(work)
     assert same(weights(work), ref), "a resumed run must end with the uninterrupted run's weights"
 
 def test_killed_then_code_changed_starts_over(clean):
@@ -87,17 +88,17 @@ def test_killed_then_code_changed_starts_over(clean):
     rec = run_record(work)
     assert rec["start_step"] == 0, rec
     assert "dcr_nb/losses.py" in rec["set_aside"] and f"step {step}" in rec["set_aside"], rec["set_aside"]
-    aside = work / "outputs/train" / STAGE / "other_inputs"
+    aside = work / TRAIN / "other_inputs"
     assert (aside / "checkpoint.pt").exists() and "dcr_nb/losses.py" in (aside / "why.txt").read_text()
-    assert f"set aside {work}/outputs/train/{STAGE}: its checkpoint (step {step})" in executed(work)
+    assert f"set aside {work}/{TRAIN}: its checkpoint (step {step})" in executed(work)
 
 def test_finished_then_data_changed_trains_anew(clean):
-    "A finished run, then other input data (the scenes' captions, via a caption rate of `prepare`): new weights."
+    "A finished run, then other input data (other scenes, via the seed of `prepare`): new weights."
     work, ref = clean
     repro(work)  # back to the reference run's inputs (an earlier test may have left another run)
     assert same(weights(work), ref)
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["prepare"]["p_color"] = 0.5
+    params["prepare"]["seed"] = 1
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     repro(work)
     rec = run_record(work)

@@ -9,7 +9,7 @@ def run_check(folder: Path):
 def make_project(root: Path, tmp: Path) -> Path:
     proj = tmp / "proj"; (proj / "nbs").mkdir(parents=True)
     shutil.copytree(root / "nbs" / "stages", proj / "nbs" / "stages")
-    for f in ("dvc.yaml", "params.yaml", "paper/dvc.yaml", "paper/params.yaml"):
+    for f in ("dvc.yaml", "params.yaml", "paper/dvc.yaml", "paper/params.yaml", "world/dvc.yaml", "world/params.yaml"):
         (proj / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy(root / f, proj / f)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=proj, check=True, env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"},
                    executable=str(Path(sys.executable).parent / "dvc"))
@@ -35,7 +35,7 @@ def test_detects_outputs_extra_param_and_two_parameter_cells(root, tmp_path):
 def test_detects_a_persistent_output_that_is_not_the_train_dir(root, tmp_path):
     "Only a stage's train_dir may survive a rerun (its checkpoint is checked against the stage's inputs)."
     proj = make_project(root, tmp_path)
-    for f, key, other in (("dvc.yaml", "${pretrain_clip.train_dir}:", "${pretrain_clip.out}/cache:"),
+    for f, key, other in (("dvc.yaml", "outputs/train/stage1/${key}:", "outputs/cache/stage1/${key}:"),
                           ("paper/dvc.yaml", "outputs/paper/train/stage1/${key}:", "outputs/paper/cache/stage1/${key}:")):
         path = proj / f; text = path.read_text(); assert text.count(key) == 1, (f, key)
         path.write_text(text.replace(key, other))

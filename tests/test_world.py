@@ -1,0 +1,80 @@
+"""World instruments: the benchmark's scenes recovered from its folder, the text oracle's known cases, the probe, the
+denoiser sensitivity of a denoiser that ignores its conditioning, sample recognition, and the goal table."""
+import json, logging
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from dcr_nb.conditioning import standin_diffusion, standin_unet
+from dcr_nb.data import CATEGORY_ATTRIBUTE, MMVP_CATEGORIES, write_mmvp
+from dcr_nb.encoder import create_encoder, get_tokenizer
+from dcr_nb.fetch import load_fashion_mnist
+from dcr_nb.world import (BENCH_ATTRS, attribute_probe, benchmark_pairs, denoiser_sensitivity, fit_reader, report_table,
+                          sample_recognition, text_oracle)
+
+logging.getLogger().setLevel(logging.ERROR)
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    clip = create_encoder("tiny", random_init=True).eval(); tok = get_tokenizer("tiny")
+    return clip, tok, standin_diffusion(clip, tok, standin_unet())
+
+
+class ConstText(nn.Module):
+    "A text side that embeds every text identically."
+    def __init__(self): super().__init__(); self.logit_scale = nn.Parameter(torch.tensor(np.log(100.0)))
+    def encode_text(self, tokens): return torch.ones(len(tokens), 8)
+
+
+def test_benchmark_pairs_from_folder(tmp_path):
+    te, yte = load_fashion_mnist("test")
+    pairs = benchmark_pairs(pairs_per_category=1)
+    write_mmvp(tmp_path / "mmvp", pairs, te)
+    assert benchmark_pairs(tmp_path / "mmvp") == pairs
+    with pytest.raises(ValueError, match="not the benchmark of seed 3"): benchmark_pairs(tmp_path / "mmvp", seed=3)
+
+
+def test_text_oracle(models):
+    clip, tok, _ = models
+    pairs = benchmark_pairs(pairs_per_category=2)
+    assert text_oracle(ConstText(), tok, pairs).mean == 0.0  # identical embeddings: p = 0.5, no pair scores
+    r = text_oracle(clip, tok, pairs)
+    assert list(r.per_category) == list(MMVP_CATEGORIES) and all(v in (0.0, 50.0, 100.0) for v in r.per_category.values())
+
+
+def test_attribute_probe(models):
+    out = attribute_probe(models[0], n=60, attributes=("label", "color"))
+    assert list(out) == ["label", "color"]
+    assert all(0 <= r["accuracy"] <= 100 and 0 < r["chance"] <= 100 and r["n_test"] == 30 for r in out.values())
+
+
+def test_sensitivity_of_a_deaf_denoiser_is_zero(models):
+    clip, tok, d = models
+    u = standin_unet()
+    for name, m in u.named_modules():
+        if name.endswith("attn2"): m.to_v.weight.data.zero_()  # cross-attention outputs no longer depend on the text
+    deaf = denoiser_sensitivity(standin_diffusion(clip, tok, u), n=4, timesteps=(300,), attributes=("count", "viewpoint"))
+    for per in deaf.values():
+        for r in per.values(): assert r["diff"] == 0.0 and r["ci95"][0] <= 0 <= r["ci95"][1]
+    live = denoiser_sensitivity(d, n=4, timesteps=(300,), attributes=("count",))["count"]
+    assert set(live) == {"300", "pooled"} and live["pooled"]["diff"] != 0
+
+
+def test_sample_recognition_and_table(models, tmp_path):
+    d = models[2]
+    rec = sample_recognition(d, n=4, steps=2, reader=fit_reader(n=300), path=tmp_path / "s.png", n_show=4)
+    assert all(0 <= rec[k] <= 100 for k in ("label_%", "color_%", "reference_label_%", "reference_color_%"))
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    report = {"d_ability": {"zero_shot_acc": 0.65, "linear_probe_acc": 0.5}, "sample_recognition": rec,
+              "mmvp": {"mean": 50.0, **{c: 20.0 for c in MMVP_CATEGORIES}}}
+    json.dumps(report)
+    table = report_table(report, blind=("orientation",))
+    rows = {l.split(" | ")[0][2:]: l for l in table.splitlines()[2:]}
+    assert rows["zero-shot, neutral Fashion-MNIST test set"].endswith("pass |")
+    assert rows["linear probe, same set"].endswith("FAIL |")
+    assert rows["MMVP-style (blind): Orientation and Direction"].endswith("pass |")
+    assert rows["MMVP-style: Texts"].endswith("FAIL |")
+    assert "not measured" in rows["denoiser sensitivity: orientation"]
