@@ -1,6 +1,6 @@
 """What sampled negatives cost in quality: DCR with K sampled negatives per anchor, against all B-1.
 
-    make repro                                   # the default pipeline first (this reuses its pretrained models)
+    make repro                                   # the default pipeline first (this reuses its data and the shipped world)
     .venv/bin/python benchmarks/negatives.py     # K = 1 and 3; about 5 minutes on a 2-core CPU
     .venv/bin/python benchmarks/negatives.py --ks 1,3,5 --out outputs/negatives
 
@@ -28,8 +28,8 @@ def stage_config(p: dict, stage: int, k: int, out: Path):
         stage=stage, objective=o["objective"], target=dcr["target"], tau=o["tau"], lam=o["lam"], num_negatives=k,
         chunk_size=dcr["chunk_size"], fast=dcr["fast"], checkpoint=dcr["checkpoint"], probe_every=s["probe_every"],
         lora_r=s["lora_r"] if stage == 2 else 0, lora_alpha=s["lora_alpha"] if stage == 2 else 16.0,
-        lora_dropout=s["lora_dropout"] if stage == 2 else 0.0, model=p["pretrain_clip"]["model"],
-        clip=f"{p['pretrain_clip']['out']}/clip.pt", denoiser=f"{p['pretrain_denoiser']['out']}/unet",
+        lora_dropout=s["lora_dropout"] if stage == 2 else 0.0, hflip=dcr["hflip"], vflip=dcr["vflip"], model=p["world"]["model"],
+        clip=p["world"]["clip"], denoiser=p["world"]["denoiser"],
         projector=str(out / "stage1" / "projector.pt") if stage == 2 else "", steps=s["steps"], batch_size=s["batch_size"],
         grad_accum=dcr["grad_accum"], lr=s["lr"], weight_decay=dcr["weight_decay"], warmup_steps=s["warmup_steps"], schedule=dcr["schedule"],
         grad_clip=dcr["grad_clip"], ckpt_every=s["ckpt_every"], seed=dcr["seed"], mixed_precision=dcr["mixed_precision"],
@@ -40,10 +40,10 @@ def run_k(p: dict, k: int, out: Path) -> dict:
     "Stage 1, stage 2 and evaluation with k negatives; returns the metrics (and the training wall times)."
     from dcr_nb.pipeline import EvaluateConfig, run_dcr_stage, run_evaluate
     from dcr_nb.core import file_md5, package_code
-    done, d = out / "metrics.json", p["pretrain_denoiser"]["out"]
-    inputs = {"k": k, "params": {s: p[s] for s in ("dcr", "stage1", "stage2", "evaluate", "pretrain_clip", "prepare")},
+    done, d = out / "metrics.json", p["world"]["denoiser"]
+    inputs = {"k": k, "params": {s: p[s] for s in ("dcr", "stage1", "stage2", "evaluate", "world", "prepare")},
               "objective": p["objectives"]["dcr"], "code": package_code(),
-              "files": {f: file_md5(ROOT / f) for f in (f"{p['pretrain_clip']['out']}/clip.pt", f"{d}/unet/diffusion_pytorch_model.safetensors",
+              "files": {f: file_md5(ROOT / f) for f in (p["world"]["clip"], f"{d}/unet/diffusion_pytorch_model.safetensors", f"{d}/scheduler/scheduler_config.json",
                                                         f"{p['prepare']['out']}/scenes.npz", f"{p['prepare']['out']}/eval_test.npz")}}
     if done.exists():
         old = json.loads(done.read_text())
@@ -53,7 +53,7 @@ def run_k(p: dict, k: int, out: Path) -> dict:
     for stage in (1, 2):
         t0 = time.perf_counter(); run_dcr_stage(stage_config(p, stage, k, out)); times[f"stage{stage}_s"] = time.perf_counter() - t0
     e = p["evaluate"]
-    m = run_evaluate(EvaluateConfig(name=f"dcr_k{k}", model=p["pretrain_clip"]["model"], encoder=str(out / "stage2" / "encoder.pt"),
+    m = run_evaluate(EvaluateConfig(name=f"dcr_k{k}", model=p["world"]["model"], encoder=str(out / "stage2" / "encoder.pt"),
                                     made_by=f"stage 2 of negatives.py K={k}", mmvp=f"{p['prepare']['out']}/mmvp", data=p["prepare"]["out"],
                                     n_eval=e["n_eval"], n_probe_train=e["n_probe_train"], n_features=e["n_features"], batch_size=e["batch_size"], seed=e["seed"], out=str(out / "evaluate")))
     m = {**m, **times, "inputs": inputs}
