@@ -27,6 +27,7 @@ setup: $(STAMP) data
 
 repro: setup
 	dvc repro
+	@echo; sed -n '/^### Verdicts/,/^### Metrics/p' outputs/figures/summary.md | sed '$$d'; echo "(all tables: outputs/figures/summary.md; figures: outputs/figures/*.png)"
 
 test: setup
 	bash scripts/test.sh

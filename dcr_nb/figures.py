@@ -15,7 +15,7 @@ from sklearn.manifold import TSNE
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['save_figure', 'run_palette', 'plot_mmvp_bars', 'plot_d_vs_p', 'load_curve', 'plot_training_curves',
+__all__ = ['save_figure', 'run_palette', 'plot_mmvp_bars', 'plot_d_vs_p', 'plot_pd_plane', 'load_curve', 'plot_training_curves',
            'plot_grad_cosines', 'tsne_embed', 'plot_tsne']
 
 # %% ../nbs/07_figures.ipynb #c005
@@ -34,18 +34,28 @@ def _scores(v) -> dict:
     "A {category: percent} mapping from a dict or an `MMVPResult` (its `to_dict()`)."
     return dict(v.to_dict() if hasattr(v, "to_dict") else v)
 
+def _t_interval(x) -> tuple[float, float]:
+    "seaborn errorbar: the 95% Student-t interval of the mean of per-seed values (none for one value)."
+    from dcr_nb.verdicts import seed_interval
+    iv = seed_interval(list(x))
+    return (iv["mean"], iv["mean"]) if iv["n"] < 2 else (iv["lo"], iv["hi"])
+
 def plot_mmvp_bars(scores: Mapping, path, title: str = "MMVP-VLM per category", chance: float | None = 25.0) -> Path:
-    "Grouped bars of MMVP-VLM scores: `scores` = {encoder: {category: %, ..., 'mean': %}} (or MMVPResults)."
-    rows = [(enc, cat, s) for enc, v in scores.items() for cat, s in _scores(v).items()]
+    """Grouped bars of MMVP-VLM scores: `scores` = {encoder: {category: %, ..., 'mean': %}} (or MMVPResults), or
+    {encoder: [one such per seed]}: then each bar is the mean over seeds with its 95% t-interval."""
+    runs = {enc: v if isinstance(v, (list, tuple)) else [v] for enc, v in scores.items()}
+    rows = [(enc, cat, s) for enc, vs in runs.items() for v in vs for cat, s in _scores(v).items()]
     df = pd.DataFrame(rows, columns=["encoder", "category", "score"])
     cats = [c for c in dict.fromkeys(df.category) if c != "mean"] + (["mean"] if "mean" in set(df.category) else [])
     df["category"] = df.category.replace({"mean": "Mean (benchmark score)"}); cats = [c if c != "mean" else "Mean (benchmark score)" for c in cats]
     with sns.axes_style("whitegrid"):
         fig, ax = plt.subplots(figsize=(9, 0.28 * len(cats) * max(len(scores), 2) + 1.2))
-        sns.barplot(df, y="category", x="score", hue="encoder", order=cats, palette=run_palette(scores), ax=ax)
+        sns.barplot(df, y="category", x="score", hue="encoder", order=cats, palette=run_palette(scores), ax=ax,
+                    errorbar=_t_interval if max(map(len, runs.values())) > 1 else None, capsize=0.15, err_kws={"linewidth": 1})
         for c in ax.containers: ax.bar_label(c, fmt="%.0f", fontsize=7, padding=2)
         if chance is not None: ax.axvline(chance, ls="--", c="grey", lw=1, label=f"chance ({chance:.0f}%)")
-        ax.set(xlim=(0, 105), xlabel="pairs scored (%)", ylabel="", title=title)
+        ax.set(xlim=(0, 105), xlabel="pairs scored (%)" + (": mean over seeds, 95% interval" if max(map(len, runs.values())) > 1 else ""),
+               ylabel="", title=title)
         ax.legend(title="encoder", loc="lower right", fontsize=8)
     return save_figure(fig, path)
 
@@ -62,6 +72,27 @@ def plot_d_vs_p(points: Mapping, path, xlabel: str = "D-Ability: k-means NMI", y
             if baseline is not None and name != baseline:
                 ax.annotate("", (d, p), points[baseline], arrowprops=dict(arrowstyle="->", color=pal[name], alpha=0.6, shrinkA=6, shrinkB=6))
         ax.margins(0.15); ax.set(xlabel=xlabel, ylabel=ylabel, title=title); ax.legend(title="encoder", fontsize=8)
+    return save_figure(fig, path)
+
+# %% ../nbs/07_figures.ipynb #c103
+def plot_pd_plane(runs: Mapping, path, baseline: str | None = "baseline", xlabel: str = "D-Ability: k-means NMI (x100)",
+                  ylabel: str = "P-Ability: MMVP-style mean (%)", title: str = "The P-D plane (mean and 95% interval over seeds)") -> Path:
+    "{run: [(D, P) per seed]}: seed points, the mean with t-interval whiskers on both axes, the baseline as a dashed cross."
+    from dcr_nb.verdicts import seed_interval
+    pal = run_palette(runs)
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(7, 5.2))
+        for name, pts in runs.items():
+            pts = np.asarray(pts, float).reshape(-1, 2); c = pal[name]
+            ax.scatter(pts[:, 0], pts[:, 1], s=18, color=c, alpha=0.5, zorder=2)
+            ivs = [seed_interval(pts[:, k]) for k in (0, 1)]
+            err = [[iv["mean"] - iv["lo"], iv["hi"] - iv["mean"]] if iv["n"] > 1 else [0, 0] for iv in ivs]
+            ax.errorbar(ivs[0]["mean"], ivs[1]["mean"], xerr=np.array(err[0])[:, None], yerr=np.array(err[1])[:, None], fmt="o" if name != baseline else "s",
+                        ms=9, color=c, mec="black", mew=0.6, capsize=4, zorder=3, label=f"{name} (n={len(pts)})")
+            ax.annotate(name, (ivs[0]["mean"], ivs[1]["mean"]), textcoords="offset points", xytext=(7, 7), fontsize=9)
+            if name == baseline:
+                ax.axvline(ivs[0]["mean"], color=c, ls="--", lw=0.8); ax.axhline(ivs[1]["mean"], color=c, ls="--", lw=0.8)
+        ax.margins(0.2); ax.set(xlabel=xlabel, ylabel=ylabel, title=title); ax.legend(fontsize=8)
     return save_figure(fig, path)
 
 # %% ../nbs/07_figures.ipynb #c014

@@ -19,12 +19,13 @@ from .tasks import ClipPretrainTask, DenoiserPretrainTask, DCRTask, make_objecti
 from .speed import fast_denoise
 
 # %% auto #0
-__all__ = ['WORLD_SHIPPED', 'WORLD_LOCK', 'WORLD_MAX_MB', 'require', 'require_all', 'scene_batches', 'PretrainClipConfig',
-           'run_pretrain_clip', 'PretrainDenoiserConfig', 'load_clip', 'text_tower_only', 'run_pretrain_denoiser',
-           'load_standin_diffusion', 'sample', 'predicted_x0', 'conditioning_check', 'DCRStageConfig', 'dcr_task',
-           'is_main_process', 'train_dcr', 'train_summary', 'build_dcr_task', 'run_dcr_stage', 'EvaluateConfig',
-           'first_n', 'run_evaluate', 'write_evaluation', 'FiguresConfig', 'comparison_table', 'run_figures',
-           'shipped_world_problems', 'ship_world', 'main']
+__all__ = ['OBJECTIVE_SETTINGS', 'WORLD_SHIPPED', 'WORLD_LOCK', 'WORLD_MAX_MB', 'require', 'require_all', 'scene_batches',
+           'PretrainClipConfig', 'run_pretrain_clip', 'PretrainDenoiserConfig', 'load_clip', 'text_tower_only',
+           'run_pretrain_denoiser', 'load_standin_diffusion', 'sample', 'predicted_x0', 'conditioning_check',
+           'DCRStageConfig', 'objective_settings', 'dcr_task', 'is_main_process', 'train_dcr', 'train_summary',
+           'build_dcr_task', 'run_dcr_stage', 'EvaluateConfig', 'first_n', 'run_evaluate', 'movement',
+           'write_evaluation', 'FiguresConfig', 'comparison_table', 'run_figures', 'CompareConfig', 'interval_table',
+           'run_compare', 'shipped_world_problems', 'ship_world', 'main']
 
 # %% ../nbs/08_pipeline.ipynb #c006
 def require(path: str, made_by: str) -> Path:
@@ -200,10 +201,24 @@ class DCRStageConfig(TrainConfig):
             if not 0 <= getattr(self, k) <= 1: raise ConfigError(f"{name}.{k} is a probability: it must be in [0, 1], got {getattr(self, k)}")
         if self.num_negatives < 0 or self.chunk_size < 0 or self.probe_every < 0: raise ConfigError(f"{name}: num_negatives, chunk_size and probe_every must be >= 0")
 
+OBJECTIVE_SETTINGS = ("objective", "tau", "lam", "num_negatives")  # what an entry of `objectives` in params.yaml sets
+
+def objective_settings(params, key: str) -> dict:
+    "The settings of entry `key` of `objectives` in the parameters file `params` (a path from the repository root)."
+    import yaml
+    p = yaml.safe_load(require(params, "the repository (a parameters file)").read_text()) or {}
+    entries = p.get("objectives")
+    if not isinstance(entries, dict): raise ConfigError(f"{params}: `objectives` must map names to settings ({', '.join(OBJECTIVE_SETTINGS)})")
+    if key not in entries: raise ConfigError(f"{params}: no entry {key!r} under `objectives`; entries: {', '.join(entries)}")
+    s = entries[key] or {}
+    if bad := sorted(set(s) ^ set(OBJECTIVE_SETTINGS)):
+        raise ConfigError(f"{params}: objectives.{key} must set exactly {', '.join(OBJECTIVE_SETTINGS)}; wrong or missing: {', '.join(bad)}")
+    return {k: s[k] for k in OBJECTIVE_SETTINGS}
+
 # %% ../nbs/08_pipeline.ipynb #c024
 def dcr_task(cfg: DCRStageConfig, clip: torch.nn.Module, d: Diffusion) -> DCRTask:
     "The task of a DCR stage from a frozen CLIP and diffusion side, with only that stage's parameters trainable."
-    proj_path = require(cfg.projector, "stage1@" + cfg.objective) if cfg.stage == 2 else None
+    proj_path = require(cfg.projector, f"stage1@{cfg.objective}-{cfg.seed}") if cfg.stage == 2 else None
     seed_everything(cfg.seed)
     builder = ConditionBuilder(Projector(embed_dim(clip), d.d_cross), d.empty)
     if cfg.stage == 2:
@@ -243,7 +258,7 @@ def train_summary(train_dir) -> dict:
 def build_dcr_task(cfg: DCRStageConfig) -> tuple[DCRTask, torch.nn.Module]:
     "The task of a DCR stage on the stand-in models, with only that stage's parameters trainable; also returns the CLIP model."
     require_all([(cfg.clip, "world"), (cfg.denoiser, "world"), (f"{cfg.data}/scenes.npz", "prepare")]
-                + ([(cfg.projector, f"stage1@{cfg.objective}")] if cfg.stage == 2 else []))
+                + ([(cfg.projector, f"stage1@{cfg.objective}-{cfg.seed}")] if cfg.stage == 2 else []))
     clip = load_clip(cfg.model, cfg.clip, "world")
     d = load_standin_diffusion(cfg.model, clip, cfg.denoiser)
     return dcr_task(cfg, clip, d), clip
@@ -267,13 +282,15 @@ class EvaluateConfig(StageConfig):
     n_eval: int = 0                               # D-Ability on the first n test items (0 = all)
     n_probe_train: int = 0                        # linear probe trained on the first n items of eval_train.npz (0 = all)
     n_features: int = 2000                        # test features kept for the t-SNE figure
+    n_attributes: int = 2000                      # held-out scenes (test items) for the per-attribute linear probe (0 = skip)
+    reference: str = "world/weights/clip.safetensors"  # the CLIP training started from: how far the encoder moved from it
     batch_size: int = 256
     seed: int = 0
     out: str = "outputs/evaluate/baseline"
 
     def __post_init__(self):
         super().__post_init__()
-        for k in ("n_eval", "n_probe_train", "n_features"):
+        for k in ("n_eval", "n_probe_train", "n_features", "n_attributes"):
             if getattr(self, k) < 0: raise ConfigError(f"EvaluateConfig.{k} must be >= 0 (0 = all), got {getattr(self, k)}")
 
 def first_n(s: dict, n: int) -> dict:
@@ -289,11 +306,25 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     seed_everything(cfg.seed)
     mmvp = evaluate_mmvp(clip, tok, require(cfg.mmvp, "prepare"), progress=False)
     d, feats = evaluate_d_ability(clip, tok, ev, probe, cfg.batch_size, cfg.seed, progress=False)
-    return write_evaluation(root_path(cfg.out), mmvp, d, feats, ev["labels"], cfg.n_features)
+    extra = {"moved": movement(clip, load_clip(cfg.model, cfg.reference, "world"), ev["images"][:2000], cfg.batch_size)}
+    if cfg.n_attributes:
+        from dcr_nb.world import attribute_probe  # P-Ability as a reader of the features sees it
+        extra["attributes"] = attribute_probe(clip, cfg.n_attributes, seed=0, batch_size=cfg.batch_size)  # the same scenes for every run
+    return write_evaluation(root_path(cfg.out), mmvp, d, feats, ev["labels"], cfg.n_features, extra)
 
-def write_evaluation(out: Path, mmvp, d_ability: dict, feats=None, labels=None, n_features: int = 2000) -> dict:
-    "Write `metrics.json`, `mmvp_statements.csv` and (given features) the first `n_features` in `features.npz`; returns the metrics."
-    metrics = {"mmvp": mmvp.to_dict(), "d_ability": d_ability}
+def movement(clip, reference, images, batch_size: int = 256) -> dict[str, float]:
+    "How far `clip`'s image tower moved from `reference`'s: relative L2 distance of its weights, mean cosine of its features on `images`."
+    from dcr_nb.evaluate import encode_images
+    a, b = clip.visual.state_dict(), reference.visual.state_dict()
+    if a.keys() != b.keys(): raise ValueError(f"movement: the image towers differ in their weights ({len(a.keys() ^ b.keys())} names not in both)")
+    keys = [k for k, v in b.items() if v.is_floating_point()]
+    dist = sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in keys) ** 0.5 / sum(float((b[k].float() ** 2).sum()) for k in keys) ** 0.5
+    fa, fb = (encode_images(m, images, batch_size, progress=False) for m in (clip, reference))
+    return {"weight_distance": dist, "feature_cosine": float((fa * fb).sum(-1).mean())}
+
+def write_evaluation(out: Path, mmvp, d_ability: dict, feats=None, labels=None, n_features: int = 2000, extra: dict | None = None) -> dict:
+    "Write `metrics.json` (with `extra` sections), `mmvp_statements.csv` and (given features) the first `n_features` in `features.npz`; returns the metrics."
+    metrics = {"mmvp": mmvp.to_dict(), "d_ability": d_ability, **(extra or {})}
     if feats is not None:
         n = min(n_features, len(feats)); buf = io.BytesIO()
         np.savez(buf, features=feats[:n].numpy(), labels=np.asarray(labels[:n])); atomic_write(out / "features.npz", buf.getvalue())
@@ -351,6 +382,93 @@ def run_figures(cfg: FiguresConfig) -> dict:
     paths["tsne"] = F.plot_tsne({e: f["features"] for e, f in feats.items()}, feats[encs[0]]["labels"], out / "tsne.png",
                                 n=cfg.tsne_n, seed=cfg.seed)
     return paths
+
+# %% ../nbs/08_pipeline.ipynb #c108
+@dataclasses.dataclass(frozen=True)
+class CompareConfig(StageConfig):
+    "`compare`: statistics over seeds, a verdict per claim, the comparison table and the figures."
+    objectives: str = "recon,naive,dcr"           # comma-separated objectives (each trained once per seed)
+    seeds: str = "0,1,2"                          # comma-separated seeds
+    evaluate: str = "outputs/evaluate"            # evaluate writes <evaluate>/<objective>-<seed>/ and <evaluate>/baseline-<seed>/
+    train: str = "outputs/train"                  # training logs: <train>/stage{1,2}/<objective>-<seed>/live
+    p_metric: str = "mmvp/mean"                   # P-Ability in the claims (a `verdicts.flat_metrics` name)
+    d_metric: str = "d/cluster_nmi"               # D-Ability in the claims
+    margin_p: float = 1.0                         # a P change smaller than this (points) counts as none
+    margin_d: float = 1.0                         # a D change smaller than this (points) counts as none
+    n_boot: int = 10000                           # paired-bootstrap resamples of the benchmark pairs
+    tsne_n: int = 1000                            # points per t-SNE panel
+    seed: int = 0                                 # seed of the bootstrap and the t-SNE
+    out: str = "outputs/figures"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not _names(self.objectives): raise ConfigError("CompareConfig.objectives: name at least one objective")
+        try: seeds = [int(s) for s in _names(self.seeds)]
+        except ValueError: raise ConfigError(f"CompareConfig.seeds must be comma-separated integers, got {self.seeds!r}") from None
+        if not seeds or len(set(seeds)) != len(seeds): raise ConfigError(f"CompareConfig.seeds must be distinct integers, at least one, got {self.seeds!r}")
+        if min(self.margin_p, self.margin_d) < 0 or self.n_boot < 100:
+            raise ConfigError("CompareConfig: margins must be >= 0 and n_boot >= 100")
+
+# %% ../nbs/08_pipeline.ipynb #c109
+def _interval_cell(iv: dict, signed: bool = False) -> str:
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f.format(iv["mean"]) + ("" if iv["n"] < 2 else f" [{f.format(iv['lo'])}, {f.format(iv['hi'])}]")
+
+def interval_table(table: dict, signed: bool = False) -> str:
+    "A markdown table, metrics as rows and runs as columns, of `mean [95% interval]` cells."
+    runs = list(table); metrics = list(dict.fromkeys(k for r in runs for k in table[r]))
+    rows = ["| metric | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    rows += ["| " + m + " | " + " | ".join(_interval_cell(table[r][m], signed) if m in table[r] else "" for r in runs) + " |" for m in metrics]
+    return "\n".join(rows)
+
+def _csv_pairs(path) -> np.ndarray:
+    import pandas as pd
+    from dcr_nb.verdicts import pair_scores
+    return pair_scores(pd.read_csv(path))
+
+# %% ../nbs/08_pipeline.ipynb #c110
+def run_compare(cfg: CompareConfig) -> dict:
+    "Judge the claims over every seed; write `comparison.json`, `verdicts.json`, `summary.md` and the figures under `out`; return the result."
+    from dcr_nb import figures as F
+    from dcr_nb.verdicts import judge, verdict_table
+    out, ev, tr = root_path(cfg.out), root_path(cfg.evaluate), root_path(cfg.train)
+    objs, seeds = _names(cfg.objectives), [int(s) for s in _names(cfg.seeds)]
+    names = {"baseline": [f"baseline-{s}" for s in seeds]} | {o: [f"{o}-{s}" for s in seeds] for o in objs}
+    made_by = lambda run: f"evaluate_baseline@{run.split('-')[-1]}" if run.startswith("baseline-") else f"evaluate@{run}"
+    runs = {n: [json.loads(require(f"{cfg.evaluate}/{r}/metrics.json", made_by(r)).read_text()) for r in rs] for n, rs in names.items()}
+    pairs = {n: [_csv_pairs(require(f"{cfg.evaluate}/{r}/mmvp_statements.csv", made_by(r))) for r in rs] for n, rs in names.items()}
+    cos = {o: [F.load_curve(p)["value"].to_numpy() for r in names[o] if (p := _tsv(tr / f"stage2/{r}/live/plots/metrics/train/grad_cos.tsv"))]
+           for o in objs if o != "recon"}
+    cos = {o: c for o, c in cos.items() if c}
+    result = judge(runs, pairs, cos, cfg.p_metric, cfg.d_metric, cfg.margin_p, cfg.margin_d, cfg.n_boot, cfg.seed)
+    atomic_write(out / "verdicts.json", json.dumps(result, indent=1))
+    head = lambda iv: {k: round(float(iv[k]), 2) for k in ("mean", "lo", "hi")}
+    comparison = {"claims": {k: {"verdict": c["verdict"], **({"score": c["score"]} if "score" in c else {})} for k, c in result["claims"].items()},
+                  "P": {n: head(t[cfg.p_metric]) for n, t in result["metrics"].items()},
+                  "D": {n: head(t[cfg.d_metric]) for n, t in result["metrics"].items()},
+                  "conflict_share": {o: head(c["negative_share"]) for o, c in result["conflict"].items()}}
+    atomic_write(out / "comparison.json", json.dumps(comparison, indent=1))
+    atomic_write(out / "summary.md", "\n\n".join([
+        f"### Verdicts ({len(seeds)} seeds; P = {cfg.p_metric}, D = {cfg.d_metric}; margins {cfg.margin_p} / {cfg.margin_d})", verdict_table(result),
+        "### Metrics: mean [95% interval over seeds]", interval_table(result["metrics"]),
+        "### Difference from the baseline, seed by seed: mean [95% interval]", interval_table(result["vs_baseline"], signed=True),
+        "### MMVP-style mean minus the baseline's: paired bootstrap over benchmark pairs", interval_table({"vs baseline": result["mmvp_pairs"]}, signed=True),
+        "### Gradient conflict in stage 2: % of probed steps with negative cosine; mean cosine",
+        interval_table({o: {"negative share (%)": c["negative_share"], "mean cosine": c["mean_cosine"]} for o, c in result["conflict"].items()})]) + "\n")
+    flat = {n: [{**m["mmvp"]} for m in ms] for n, ms in runs.items()}
+    from dcr_nb.verdicts import flat_metrics
+    plane = {n: [(flat_metrics(m)[cfg.d_metric], flat_metrics(m)[cfg.p_metric]) for m in ms] for n, ms in runs.items()}
+    paths = {"pd_plane": F.plot_pd_plane(plane, out / "pd_plane.png", xlabel=f"D-Ability: {cfg.d_metric} (x100)", ylabel=f"P-Ability: {cfg.p_metric} (%)"),
+             "mmvp": F.plot_mmvp_bars(flat, out / "mmvp_per_category.png", title=f"MMVP-style benchmark per category ({len(seeds)} seeds)")}
+    if cos: paths["grad_cos"] = F.plot_grad_cosines({o: np.concatenate(c) for o, c in cos.items()}, out / "grad_cosines.png",
+                                                    title=f"Stage 2: contrastive vs reconstruction gradient cosine ({len(seeds)} seeds pooled)")
+    curves = {(r, f"stage{s} loss"): p for o in objs for r in names[o][:1] for s in (1, 2)
+              if (p := _tsv(tr / f"stage{s}/{r}/live/plots/metrics/train/loss.tsv"))}
+    if curves: paths["curves"] = F.plot_training_curves(curves, out / "training_curves.png", title=f"Training curves (seed {seeds[0]})", smooth=5)
+    tsne = [names["baseline"][0]] + ([names["dcr"][0]] if "dcr" in names else [names[objs[-1]][0]])
+    feats = {r: np.load(ev / r / "features.npz") for r in tsne}
+    paths["tsne"] = F.plot_tsne({r: f["features"] for r, f in feats.items()}, feats[tsne[0]]["labels"], out / "tsne.png", n=cfg.tsne_n, seed=cfg.seed)
+    return result
 
 # %% ../nbs/08_pipeline.ipynb #c103
 WORLD_SHIPPED = {  # world pipeline output -> shipped copy (tracked by git)

@@ -1,7 +1,7 @@
 """A rerun through DVC resumes a training stage only when nothing it depends on has changed.
 
 The path a researcher takes: run a stage, stop it or let it finish, edit code or data, `dvc repro`
-again. These tests do that with the real `stage1@dcr` stage (papermill, DVC, the shipped world, the smoke
+again. These tests do that with the real `stage1@dcr-0` stage (papermill, DVC, the shipped world, the smoke
 profile at 60 steps) in one scratch copy of the working tree, and look at what the rerun did: the step it
 started from (`run.json`), what it set aside, and the weights it exported (`projector.pt`).
 """
@@ -11,8 +11,8 @@ import psutil, pytest, torch, yaml
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-STAGE, STEPS, EVERY = "stage1@dcr", 60, 10
-SECTION, TRAIN, OUT, WEIGHTS, NB = "stage1", "outputs/train/stage1/dcr", "outputs/stage1/dcr", "projector.pt", "train_dcr.ipynb"
+STAGE, STEPS, EVERY = "stage1@dcr-0", 60, 10
+SECTION, TRAIN, OUT, WEIGHTS, NB = "stage1", "outputs/train/stage1/dcr-0", "outputs/stage1/dcr-0", "projector.pt", "train_dcr.ipynb"
 
 def env(work: Path) -> dict:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DCR_NB_ROOT": str(work),
@@ -52,7 +52,7 @@ def same(a: dict, b: dict) -> bool: return a.keys() == b.keys() and all(torch.eq
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    "A scratch copy on the smoke profile (stage1@dcr at 60 steps), and the weights of one uninterrupted run."
+    "A scratch copy on the smoke profile (stage1@dcr-0 at 60 steps), and the weights of one uninterrupted run."
     work = tmp_path_factory.mktemp("rerun") / "proj"
     subprocess.run(["bash", str(ROOT / "scripts/scratch_project.sh"), str(work)], check=True, env=env(work))
     params = yaml.safe_load((work / "params.yaml").read_text())

@@ -57,7 +57,7 @@ def test_negatives_config_is_the_pipelines(root):
     p = yaml.safe_load((root / "params.yaml").read_text())
     for s in (1, 2):
         c = _negatives(root).stage_config(p, s, 3, Path("/tmp/x")).to_dict()
-        st, o, d = p[f"stage{s}"], p["objectives"]["dcr"], p["dcr"]
+        st, o, d = p[f"stage{s}"], p["objectives"]["dcr"], p["dcr"] | {"seed": p["seeds"][0]}
         assert c["num_negatives"] == 3 and c["objective"] == "dcr" and c["stage"] == s
         assert (c["steps"], c["lr"], c["batch_size"], c["tau"], c["seed"], c["chunk_size"]) == (st["steps"], st["lr"], st["batch_size"], o["tau"], d["seed"], d["chunk_size"])
         assert c["lora_r"] == (st["lora_r"] if s == 2 else 0) and c["out"] == f"/tmp/x/stage{s}"
