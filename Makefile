@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dcr-nb-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DCR_NB_ROOT := $(abspath .)
 
-.PHONY: setup data repro test lab clean-outputs paper world
+.PHONY: setup data repro results test lab clean-outputs paper world
 .DEFAULT_GOAL := repro
 
 # The virtual environment with every pinned dependency and the package itself (editable).
@@ -28,6 +28,12 @@ setup: $(STAMP) data
 repro: setup
 	dvc repro
 	@echo; sed -n '/^### Verdicts/,/^### Metrics/p' outputs/figures/summary.md | sed '$$d'; echo "(all tables: outputs/figures/summary.md; figures: outputs/figures/*.png)"
+
+# Publish the last run's verdicts, tables and figures to docs/ (tracked by git; the README shows them).
+# tests/test_results.py checks that the copies are the outputs dvc.lock records.
+results:
+	cp outputs/figures/summary.md docs/results.md
+	cp outputs/figures/pd_plane.png outputs/figures/mmvp_per_category.png outputs/figures/grad_cosines.png outputs/figures/tsne.png docs/
 
 test: setup
 	bash scripts/test.sh
