@@ -13,9 +13,9 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from .encoder import text_token_states
 
 # %% auto #0
-__all__ = ['STANDIN_UNET', 'SD_PARTS', 'Denoise', 'SD21_UNET', 'SD21_TEXT', 'PixelCodec', 'VAECodec', 'standin_unet',
-           'standin_scheduler', 'TextEncoder', 'openclip_text', 'hf_text', 'Diffusion', 'standin_diffusion', 'load_sd',
-           'Projector', 'ConditionBuilder', 'denoise_pairs', 'denoise_all_pairs']
+__all__ = ['STANDIN_UNET', 'SD_PARTS', 'CONDITIONS', 'Denoise', 'SD21_UNET', 'SD21_TEXT', 'PixelCodec', 'VAECodec',
+           'standin_unet', 'standin_scheduler', 'TextEncoder', 'openclip_text', 'hf_text', 'Diffusion',
+           'standin_diffusion', 'load_sd', 'Projector', 'ConditionBuilder', 'denoise_pairs', 'denoise_all_pairs']
 
 # %% ../nbs/03_conditioning.ipynb #c006
 class PixelCodec(nn.Module):
@@ -134,13 +134,42 @@ class Projector(nn.Sequential):
     def __init__(self, d_clip: int, d_cross: int):
         super().__init__(nn.LayerNorm(d_clip), nn.Linear(d_clip, d_cross), nn.GELU(), nn.Linear(d_cross, d_cross))
 
+CONDITIONS = ("cls", "tokens", "patches")  # class token only (the paper's), class token + patch tokens, patch tokens only
+
 class ConditionBuilder(nn.Module):
-    "Conditioning tokens from image embeddings: (B, d_clip) -> (B, L, d_cross) = broadcast(projector(emb)) + empty."
-    def __init__(self, projector: nn.Module, empty: torch.Tensor):
+    "Conditioning tokens: cls: (B, d_clip) -> broadcast(projector(emb)) + empty (B, L, d_cross); tokens / patches: patch tokens appended."
+    def __init__(self, projector: nn.Module, empty: torch.Tensor, patches: nn.Module | None = None, condition: str = "cls"):
         super().__init__()
-        self.projector = projector
+        if condition not in CONDITIONS: raise ValueError(f"unknown condition {condition!r}; choose one of {', '.join(CONDITIONS)}")
+        if (condition != "cls") != (patches is not None):
+            raise ValueError(f"condition {condition!r} " + ("takes no patch projector" if condition == "cls" else "needs a patch projector (patches=Projector(width, d_cross))"))
+        self.projector, self.patches, self.condition = projector, patches, condition
         self.register_buffer("empty", empty.detach().clone(), persistent=False)  # (1, L, d_cross)
-    def forward(self, emb: torch.Tensor) -> torch.Tensor: return self.projector(emb)[:, None, :] + self.empty
+
+    @property
+    def needs_tokens(self) -> bool: return self.condition != "cls"
+
+    def forward(self, emb: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        "emb (B, d_clip), tokens (B, N, width) for the token conditions -> (B, L, d_cross) or (B, L + N, d_cross)."
+        if self.condition == "cls": return self.projector(emb)[:, None, :] + self.empty
+        if tokens is None: raise ValueError(f"condition {self.condition!r} needs the image tower's patch tokens (dcr_nb.encoder.image_tokens)")
+        slots = self.empty.expand(len(emb), -1, -1) if self.condition == "patches" else self.projector(emb)[:, None, :] + self.empty
+        return torch.cat([slots, self.patches(tokens)], 1)
+
+    def projector_state(self) -> dict[str, torch.Tensor]:
+        "What stage 1 trains: the projector's state dict (exactly, for `cls`), and the patch projector's under `patches.` for the token conditions."
+        state = self.projector.state_dict()
+        if self.patches is not None: state.update({f"patches.{k}": v for k, v in self.patches.state_dict().items()})
+        return state
+
+    def load_projector_state(self, state: dict[str, torch.Tensor]):
+        "Load `projector_state`'s output; a state of another condition is an error that says which."
+        has = any(k.startswith("patches.") for k in state)
+        if has != (self.patches is not None):
+            raise ValueError(f"this projector state is of a {'token' if has else 'cls'} condition; the builder's condition is {self.condition!r}")
+        self.projector.load_state_dict({k: v for k, v in state.items() if not k.startswith("patches.")})
+        if self.patches is not None: self.patches.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("patches.")})
+        return self
 
 # %% ../nbs/03_conditioning.ipynb #c029
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t, c) -> prediction

@@ -15,9 +15,9 @@ from .core import atomic_write
 # %% auto #0
 __all__ = ['MODEL_CONFIG_DIR', 'TEXT_ENCODER_ENV', 'MINILM', 'STANDINS', 'BACKBONES', 'MissingWeightsError', 'minilm_folder',
            'register_model_configs', 'Backbone', 'resolve_pretrained', 'has_hf_text', 'load_weights', 'create_encoder',
-           'image_stats', 'Normalize', 'image_embedding', 'embed_dim', 'rgb_to_hsv', 'hsv_to_rgb', 'Augment',
-           'lora_targets', 'add_lora', 'merge_lora', 'lora_parameters', 'save_encoder', 'text_token_states',
-           'get_tokenizer']
+           'image_stats', 'Normalize', 'image_embedding', 'embed_dim', 'token_width', 'image_tokens', 'rgb_to_hsv',
+           'hsv_to_rgb', 'Augment', 'lora_targets', 'add_lora', 'merge_lora', 'lora_parameters', 'save_encoder',
+           'text_token_states', 'get_tokenizer']
 
 # %% ../nbs/02_encoder.ipynb #c006
 MODEL_CONFIG_DIR = Path(str(importlib.resources.files("dcr_nb") / "model_configs"))  # the stand-ins' open_clip JSON configs
@@ -198,6 +198,31 @@ def embed_dim(model: nn.Module) -> int:
     if getattr(model.visual, "output_dim", None): return model.visual.output_dim
     tp = getattr(model, "text", model).text_projection  # timm towers (SigLIP) have no output_dim
     return tp.out_features if isinstance(tp, nn.Linear) else tp.shape[-1]
+
+# %% ../nbs/02_encoder.ipynb #c107
+def _ln_post(model: nn.Module) -> nn.Module:
+    "The image tower's final LayerNorm over all tokens (open_clip's `ln_post`), also inside a LoRA wrapper."
+    found = [m for n, m in model.visual.named_modules() if n.split(".")[-1] == "ln_post"]
+    if len(found) != 1 or not isinstance(found[0], nn.LayerNorm):
+        raise ValueError(f"token conditions need an open_clip VisionTransformer image tower (an `ln_post` LayerNorm over all tokens); "
+                         f"{type(model.visual).__name__} has {len(found)} such modules: use condition 'cls'")
+    return found[0]
+
+def token_width(model: nn.Module) -> int:
+    "The width of the image tower's tokens (before the projection)."
+    return _ln_post(model).normalized_shape[0]
+
+def image_tokens(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "The pooled, projected embedding (B, d_clip) and the patch tokens (B, N, width) after `ln_post` (class token dropped)."
+    seen = []
+    hook = _ln_post(model).register_forward_hook(lambda m, i, o: seen.append(o))
+    try: emb = image_embedding(model, pixels)
+    finally: hook.remove()
+    n_patch = (pixels.shape[-2] // model.visual.patch_size[0]) * (pixels.shape[-1] // model.visual.patch_size[1]) \
+        if hasattr(model.visual, "patch_size") else None
+    tokens = seen[-1]
+    if tokens.ndim != 3: raise ValueError(f"this image tower applies ln_post after pooling (final_ln_after_pool): it gives no tokens; use condition 'cls'")
+    return emb, tokens[:, tokens.shape[1] - n_patch:] if n_patch else tokens[:, 1:]
 
 # %% ../nbs/02_encoder.ipynb #c023
 def _gray(x): return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)  # (B, 1, H, W), ITU-R 601-2

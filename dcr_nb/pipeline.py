@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from .core import ConfigError, StageConfig, atomic_write, file_md5, root_path, seed_everything
 from .data import SceneDataset, load_eval_set, to_tensor
-from .encoder import create_encoder, get_tokenizer, embed_dim, add_lora, save_encoder, Augment, BACKBONES
-from .conditioning import standin_diffusion, standin_unet, Projector, ConditionBuilder, Diffusion
+from .encoder import create_encoder, get_tokenizer, embed_dim, token_width, add_lora, save_encoder, Augment, BACKBONES
+from .conditioning import standin_diffusion, standin_unet, Projector, ConditionBuilder, CONDITIONS, Diffusion
 from .train import TrainConfig, train, batch_indices
 from .tasks import ClipPretrainTask, DenoiserPretrainTask, DCRTask, make_objective, OBJECTIVES
 from .speed import fast_denoise
@@ -25,7 +25,8 @@ __all__ = ['OBJECTIVE_SETTINGS', 'WORLD_SHIPPED', 'WORLD_LOCK', 'WORLD_MAX_MB', 
            'DCRStageConfig', 'objective_settings', 'dcr_task', 'is_main_process', 'train_dcr', 'train_summary',
            'build_dcr_task', 'run_dcr_stage', 'EvaluateConfig', 'first_n', 'run_evaluate', 'movement',
            'write_evaluation', 'FiguresConfig', 'comparison_table', 'run_figures', 'CompareConfig', 'interval_table',
-           'run_compare', 'shipped_world_problems', 'ship_world', 'main']
+           'load_evaluations', 'run_compare', 'AblationsConfig', 'run_ablations', 'shipped_world_problems',
+           'ship_world', 'main']
 
 # %% ../nbs/08_pipeline.ipynb #c006
 def require(path: str, made_by: str) -> Path:
@@ -163,8 +164,9 @@ def conditioning_check(d: Diffusion, images, captions: list[str], timesteps=(100
 # %% ../nbs/08_pipeline.ipynb #c021
 @dataclasses.dataclass(frozen=True)
 class DCRStageConfig(TrainConfig):
-    "`stage1@<objective>` (projector only) and `stage2@<objective>` (LoRA on the image tower, projector frozen)."
-    stage: int = 1                                 # 1: train the projector; 2: train LoRA adapters
+    "`stage1@<objective>` (projector only) and `stage2@<objective>` (LoRA on the image tower, projector frozen); stage 0: both at once (an ablation)."
+    stage: int = 1                                 # 1: train the projector; 2: train LoRA adapters; 0: one end-to-end stage (projector and LoRA from the start)
+    condition: str = "cls"                         # conditioning tokens: cls (the paper's) | tokens (cls + patch tokens) | patches
     objective: str = "dcr"                         # recon | naive | dcr
     target: Literal["auto", "epsilon", "velocity", "sample"] = "auto"  # the denoiser target y
     tau: float = 0.1                               # temperature (dcr, and naive's InfoNCE)
@@ -191,12 +193,14 @@ class DCRStageConfig(TrainConfig):
         super().__post_init__()
         name = type(self).__name__
         if self.objective not in OBJECTIVES: raise ConfigError(f"{name}.objective: unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if self.stage not in (1, 2): raise ConfigError(f"{name}.stage must be 1 or 2, got {self.stage}")
+        if self.stage not in (0, 1, 2): raise ConfigError(f"{name}.stage must be 1 or 2 (or 0: one end-to-end stage), got {self.stage}")
+        if self.condition not in CONDITIONS: raise ConfigError(f"{name}.condition: unknown condition {self.condition!r}; choose one of {', '.join(CONDITIONS)}")
         if self.objective in ("dcr", "naive") and self.batch_size < 2:
             raise ConfigError(f"{name}: {self.objective} needs batch_size >= 2 (in-batch negatives), got {self.batch_size}")
         if self.stage == 1 and self.lora_r: raise ConfigError(f"{name}: stage 1 trains only the projector; LoRA (lora_r={self.lora_r}) belongs to stage 2")
-        if self.stage == 2 and self.lora_r < 1: raise ConfigError(f"{name}: stage 2 trains LoRA adapters; lora_r must be >= 1")
+        if self.stage in (0, 2) and self.lora_r < 1: raise ConfigError(f"{name}: stage {self.stage} trains LoRA adapters; lora_r must be >= 1")
         if self.stage == 2 and not self.projector: raise ConfigError(f"{name}: stage 2 needs the projector from stage 1 (projector=...)")
+        if self.stage == 0 and self.projector: raise ConfigError(f"{name}: the end-to-end stage (0) trains its projector from scratch; projector must be empty, got {self.projector!r}")
         for k in ("hflip", "vflip"):
             if not 0 <= getattr(self, k) <= 1: raise ConfigError(f"{name}.{k} is a probability: it must be in [0, 1], got {getattr(self, k)}")
         if self.num_negatives < 0 or self.chunk_size < 0 or self.probe_every < 0: raise ConfigError(f"{name}: num_negatives, chunk_size and probe_every must be >= 0")
@@ -220,10 +224,10 @@ def dcr_task(cfg: DCRStageConfig, clip: torch.nn.Module, d: Diffusion) -> DCRTas
     "The task of a DCR stage from a frozen CLIP and diffusion side, with only that stage's parameters trainable."
     proj_path = require(cfg.projector, f"stage1@{cfg.objective}-{cfg.seed}") if cfg.stage == 2 else None
     seed_everything(cfg.seed)
-    builder = ConditionBuilder(Projector(embed_dim(clip), d.d_cross), d.empty)
-    if cfg.stage == 2:
-        builder.projector.load_state_dict(torch.load(proj_path, map_location="cpu")); builder.requires_grad_(False)
-        add_lora(clip, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    builder = ConditionBuilder(Projector(embed_dim(clip), d.d_cross), d.empty,
+                               Projector(token_width(clip), d.d_cross) if cfg.condition != "cls" else None, cfg.condition)
+    if cfg.stage == 2: builder.load_projector_state(torch.load(proj_path, map_location="cpu")).requires_grad_(False)
+    if cfg.stage in (0, 2): add_lora(clip, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)  # stage 0: the builder stays trainable
     obj = make_objective(cfg.objective, cfg.target, cfg.tau, cfg.lam, cfg.num_negatives, cfg.chunk_size)
     denoise = fast_denoise(d, prefix=cfg.fast, channels_last=cfg.fast, checkpoint=cfg.checkpoint) if cfg.fast or cfg.checkpoint else None
     view = Augment(hflip=cfg.hflip, vflip=cfg.vflip)  # the positive view; crop and colour jitter as the paper's
@@ -235,12 +239,13 @@ def is_main_process() -> bool:
     return PartialState().is_main_process
 
 def train_dcr(cfg: DCRStageConfig, task: DCRTask, get_batch, fp_extra) -> Path | None:
-    "Train a DCR stage; the main process writes `<out>/projector.pt` (stage 1) or `<out>/encoder.pt` (stage 2) and gets its path."
-    train(task, get_batch, cfg, root_path(cfg.train_dir), fp_extra=fp_extra, desc=f"stage{cfg.stage}@{cfg.objective}")
+    "Train a DCR stage; the main process writes `<out>/projector.pt` (stage 1) or `<out>/encoder.pt` (stages 2 and 0) and gets its path."
+    desc = f"stage{cfg.stage}@{cfg.objective}" if cfg.stage else f"end-to-end@{cfg.objective}"
+    train(task, get_batch, cfg, root_path(cfg.train_dir), fp_extra=fp_extra, desc=desc + ("" if cfg.condition == "cls" else f" ({cfg.condition})"))
     if not is_main_process(): return None
     out = root_path(cfg.out)
     if cfg.stage == 1:
-        buf = io.BytesIO(); torch.save(task.builder.projector.state_dict(), buf)
+        buf = io.BytesIO(); torch.save(task.builder.projector_state(), buf)
         return atomic_write(out / "projector.pt", buf.getvalue())
     return save_encoder(task.clip, out / "encoder.pt")
 
@@ -426,27 +431,61 @@ def _csv_pairs(path) -> np.ndarray:
     from dcr_nb.verdicts import pair_scores
     return pair_scores(pd.read_csv(path))
 
+def load_evaluations(evaluate: str, names: dict[str, list[str]], made_by) -> tuple[dict, dict]:
+    "Per run name, seed by seed: `metrics.json` and the benchmark pairs' scores of `<evaluate>/<run>/`; a missing one names `made_by(run)`."
+    runs = {n: [json.loads(require(f"{evaluate}/{r}/metrics.json", made_by(r)).read_text()) for r in rs] for n, rs in names.items()}
+    pairs = {n: [_csv_pairs(require(f"{evaluate}/{r}/mmvp_statements.csv", made_by(r))) for r in rs] for n, rs in names.items()}
+    return runs, pairs
+
+def _head(iv: dict) -> dict: return {k: round(float(iv[k]), 2) for k in ("mean", "lo", "hi")}
+
+def _verdicts(result: dict) -> dict:
+    "The claims' verdicts (and their numeric scores, which `dvc metrics show` prints)."
+    return {k: {"verdict": c["verdict"], **({"score": c["score"]} if "score" in c else {})} for k, c in result["claims"].items()}
+
+def _pd_points(runs: dict, d_metric: str, p_metric: str) -> dict:
+    "Per run: each seed's (D, P) point."
+    from dcr_nb.verdicts import flat_metrics
+    return {n: [(f[d_metric], f[p_metric]) for f in map(flat_metrics, ms)] for n, ms in runs.items()}
+
 # %% ../nbs/08_pipeline.ipynb #c110
+def _compare_figures(cfg: CompareConfig, runs: dict, cos: dict, names: dict) -> dict:
+    "The comparison's figures under `cfg.out`: P-D plane, MMVP bars, gradient cosines, training curves, t-SNE; their paths."
+    from dcr_nb import figures as F
+    out, ev, tr, n = root_path(cfg.out), root_path(cfg.evaluate), root_path(cfg.train), len(names["baseline"])
+    objs = [o for o in names if o != "baseline"]
+    paths = {"pd_plane": F.plot_pd_plane(_pd_points(runs, cfg.d_metric, cfg.p_metric), out / "pd_plane.png",
+                                         xlabel=f"D-Ability: {cfg.d_metric} (x100)", ylabel=f"P-Ability: {cfg.p_metric} (%)"),
+             "mmvp": F.plot_mmvp_bars({r: [m["mmvp"] for m in ms] for r, ms in runs.items()}, out / "mmvp_per_category.png",
+                                      title=f"MMVP-style benchmark per category ({n} seeds)")}
+    if cos: paths["grad_cos"] = F.plot_grad_cosines({o: np.concatenate(c) for o, c in cos.items()}, out / "grad_cosines.png",
+                                                    title=f"Stage 2: contrastive vs reconstruction gradient cosine ({n} seeds pooled)")
+    curves = {(r, f"stage{s} loss"): p for o in objs for r in names[o][:1] for s in (1, 2)
+              if (p := _tsv(tr / f"stage{s}/{r}/live/plots/metrics/train/loss.tsv"))}
+    if curves: paths["curves"] = F.plot_training_curves(curves, out / "training_curves.png", title=f"Training curves (seed {names['baseline'][0].split('-')[-1]})", smooth=5)
+    tsne = [names["baseline"][0], names["dcr" if "dcr" in names else objs[-1]][0]]
+    feats = {r: np.load(ev / r / "features.npz") for r in tsne}
+    paths["tsne"] = F.plot_tsne({r: f["features"] for r, f in feats.items()}, feats[tsne[0]]["labels"], out / "tsne.png", n=cfg.tsne_n, seed=cfg.seed)
+    return paths
+
 def run_compare(cfg: CompareConfig) -> dict:
     "Judge the claims over every seed; write `comparison.json`, `verdicts.json`, `summary.md` and the figures under `out`; return the result."
     from dcr_nb import figures as F
     from dcr_nb.verdicts import judge, verdict_table
-    out, ev, tr = root_path(cfg.out), root_path(cfg.evaluate), root_path(cfg.train)
+    out, tr = root_path(cfg.out), root_path(cfg.train)
     objs, seeds = _names(cfg.objectives), [int(s) for s in _names(cfg.seeds)]
     names = {"baseline": [f"baseline-{s}" for s in seeds]} | {o: [f"{o}-{s}" for s in seeds] for o in objs}
     made_by = lambda run: f"evaluate_baseline@{run.split('-')[-1]}" if run.startswith("baseline-") else f"evaluate@{run}"
-    runs = {n: [json.loads(require(f"{cfg.evaluate}/{r}/metrics.json", made_by(r)).read_text()) for r in rs] for n, rs in names.items()}
-    pairs = {n: [_csv_pairs(require(f"{cfg.evaluate}/{r}/mmvp_statements.csv", made_by(r))) for r in rs] for n, rs in names.items()}
+    runs, pairs = load_evaluations(cfg.evaluate, names, made_by)
     cos = {o: [F.load_curve(p)["value"].to_numpy() for r in names[o] if (p := _tsv(tr / f"stage2/{r}/live/plots/metrics/train/grad_cos.tsv"))]
            for o in objs if o != "recon"}
     cos = {o: c for o, c in cos.items() if c}
     result = judge(runs, pairs, cos, cfg.p_metric, cfg.d_metric, cfg.margin_p, cfg.margin_d, cfg.n_boot, cfg.seed)
     atomic_write(out / "verdicts.json", json.dumps(result, indent=1))
-    head = lambda iv: {k: round(float(iv[k]), 2) for k in ("mean", "lo", "hi")}
-    comparison = {"claims": {k: {"verdict": c["verdict"], **({"score": c["score"]} if "score" in c else {})} for k, c in result["claims"].items()},
-                  "P": {n: head(t[cfg.p_metric]) for n, t in result["metrics"].items()},
-                  "D": {n: head(t[cfg.d_metric]) for n, t in result["metrics"].items()},
-                  "conflict_share": {o: head(c["negative_share"]) for o, c in result["conflict"].items()}}
+    comparison = {"claims": _verdicts(result),
+                  "P": {n: _head(t[cfg.p_metric]) for n, t in result["metrics"].items()},
+                  "D": {n: _head(t[cfg.d_metric]) for n, t in result["metrics"].items()},
+                  "conflict_share": {o: _head(c["negative_share"]) for o, c in result["conflict"].items()}}
     atomic_write(out / "comparison.json", json.dumps(comparison, indent=1))
     atomic_write(out / "summary.md", "\n\n".join([
         f"### Verdicts ({len(seeds)} seeds; P = {cfg.p_metric}, D = {cfg.d_metric}; margins {cfg.margin_p} / {cfg.margin_d})", verdict_table(result),
@@ -455,19 +494,58 @@ def run_compare(cfg: CompareConfig) -> dict:
         "### MMVP-style mean minus the baseline's: paired bootstrap over benchmark pairs", interval_table({"vs baseline": result["mmvp_pairs"]}, signed=True),
         "### Gradient conflict in stage 2: % of probed steps with negative cosine; mean cosine",
         interval_table({o: {"negative share (%)": c["negative_share"], "mean cosine": c["mean_cosine"]} for o, c in result["conflict"].items()})]) + "\n")
-    flat = {n: [{**m["mmvp"]} for m in ms] for n, ms in runs.items()}
-    from dcr_nb.verdicts import flat_metrics
-    plane = {n: [(flat_metrics(m)[cfg.d_metric], flat_metrics(m)[cfg.p_metric]) for m in ms] for n, ms in runs.items()}
-    paths = {"pd_plane": F.plot_pd_plane(plane, out / "pd_plane.png", xlabel=f"D-Ability: {cfg.d_metric} (x100)", ylabel=f"P-Ability: {cfg.p_metric} (%)"),
-             "mmvp": F.plot_mmvp_bars(flat, out / "mmvp_per_category.png", title=f"MMVP-style benchmark per category ({len(seeds)} seeds)")}
-    if cos: paths["grad_cos"] = F.plot_grad_cosines({o: np.concatenate(c) for o, c in cos.items()}, out / "grad_cosines.png",
-                                                    title=f"Stage 2: contrastive vs reconstruction gradient cosine ({len(seeds)} seeds pooled)")
-    curves = {(r, f"stage{s} loss"): p for o in objs for r in names[o][:1] for s in (1, 2)
-              if (p := _tsv(tr / f"stage{s}/{r}/live/plots/metrics/train/loss.tsv"))}
-    if curves: paths["curves"] = F.plot_training_curves(curves, out / "training_curves.png", title=f"Training curves (seed {seeds[0]})", smooth=5)
-    tsne = [names["baseline"][0]] + ([names["dcr"][0]] if "dcr" in names else [names[objs[-1]][0]])
-    feats = {r: np.load(ev / r / "features.npz") for r in tsne}
-    paths["tsne"] = F.plot_tsne({r: f["features"] for r, f in feats.items()}, feats[tsne[0]]["labels"], out / "tsne.png", n=cfg.tsne_n, seed=cfg.seed)
+    _compare_figures(cfg, runs, cos, names)
+    return result
+
+# %% ../nbs/08_pipeline.ipynb #c116
+@dataclasses.dataclass(frozen=True)
+class AblationsConfig(StageConfig):
+    "`ablations/dvc.yaml:compare`: the ablation runs against the default dcr, a verdict on claim 4, a P-D plane and the bars."
+    ablations: str = "end_to_end,tokens,patches"   # comma-separated ablation runs (`verdicts.ABLATIONS` keys)
+    seeds: str = "0,1,2"                           # comma-separated seeds: the default pipeline must have run dcr and the baseline on each
+    reference: str = "dcr"                         # the default run the ablations are compared with (two stages, class token)
+    evaluate: str = "outputs/evaluate"             # the default pipeline's evaluations: baseline-<seed>/, dcr-<seed>/
+    ablation_evaluate: str = "outputs/ablations/evaluate"  # the ablations' evaluations: <ablation>-<seed>/
+    p_metric: str = "mmvp/mean"                    # P-Ability in the claim
+    d_metric: str = "d/cluster_nmi"                # D-Ability on the P-D plane
+    margin_p: float = 1.0                          # a P difference smaller than this (points) counts as none
+    n_boot: int = 10000                            # paired-bootstrap resamples of the benchmark pairs
+    seed: int = 0                                  # bootstrap seed
+    out: str = "outputs/ablations"
+
+    def __post_init__(self):
+        super().__post_init__()
+        from dcr_nb.verdicts import ABLATIONS
+        if not (abl := _names(self.ablations)): raise ConfigError("AblationsConfig.ablations: name at least one ablation run")
+        if bad := [a for a in abl if a not in ABLATIONS]: raise ConfigError(f"AblationsConfig.ablations: unknown {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
+        try: seeds = [int(s) for s in _names(self.seeds)]
+        except ValueError: raise ConfigError(f"AblationsConfig.seeds must be comma-separated integers, got {self.seeds!r}") from None
+        if not seeds or len(set(seeds)) != len(seeds): raise ConfigError(f"AblationsConfig.seeds must be distinct integers, at least one, got {self.seeds!r}")
+        if self.margin_p < 0 or self.n_boot < 100: raise ConfigError("AblationsConfig: margin_p must be >= 0 and n_boot >= 100")
+
+def run_ablations(cfg: AblationsConfig) -> dict:
+    "Judge claim 4 from the ablation runs and the default's baseline and dcr; write `comparison.json`, `verdicts.json`, `summary.md` and figures under `out`."
+    from dcr_nb import figures as F
+    from dcr_nb.verdicts import judge_ablations, verdict_table, ABLATIONS
+    out, abl, seeds = root_path(cfg.out), _names(cfg.ablations), [int(s) for s in _names(cfg.seeds)]
+    default = {"baseline": [f"baseline-{s}" for s in seeds], cfg.reference: [f"{cfg.reference}-{s}" for s in seeds]}
+    runs, pairs = load_evaluations(cfg.evaluate, default, lambda r: f"evaluate_baseline@{r.split('-')[-1]}" if r.startswith("baseline-") else f"evaluate@{r} (the default pipeline, `dvc repro`)")
+    more = load_evaluations(cfg.ablation_evaluate, {a: [f"{a}-{s}" for s in seeds] for a in abl}, lambda r: f"ablations/dvc.yaml:evaluate@{r}")
+    runs, pairs = {**runs, **more[0]}, {**pairs, **more[1]}
+    result = judge_ablations(runs, pairs, cfg.reference, abl, cfg.p_metric, cfg.margin_p, cfg.n_boot, cfg.seed)
+    atomic_write(out / "verdicts.json", json.dumps(result, indent=1))
+    atomic_write(out / "comparison.json", json.dumps({"claims": _verdicts(result), "P": {n: _head(t[cfg.p_metric]) for n, t in result["metrics"].items()},
+                                                      "D": {n: _head(t[cfg.d_metric]) for n, t in result["metrics"].items() if cfg.d_metric in t}}, indent=1))
+    atomic_write(out / "summary.md", "\n\n".join([
+        f"### Claim 4: the ablations ({len(seeds)} seeds; P = {cfg.p_metric}; margin {cfg.margin_p})", verdict_table(result),
+        "Runs: " + "; ".join([f"**{cfg.reference}**: the default (two stages, class token)"] + [f"**{a}**: {ABLATIONS[a]}" for a in abl]) + ".",
+        "### Metrics: mean [95% interval over seeds]", interval_table(result["metrics"]),
+        f"### {cfg.reference} minus each ablation, seed by seed: mean [95% interval]", interval_table(result["vs_reference"], signed=True),
+        f"### MMVP-style mean, {cfg.reference} minus each ablation: paired bootstrap over benchmark pairs", interval_table({f"{cfg.reference} minus": result["mmvp_pairs"]}, signed=True)]) + "\n")
+    F.plot_pd_plane(_pd_points(runs, cfg.d_metric, cfg.p_metric), out / "pd_plane.png",
+                    xlabel=f"D-Ability: {cfg.d_metric} (x100)", ylabel=f"P-Ability: {cfg.p_metric} (%)")
+    F.plot_mmvp_bars({r: [m["mmvp"] for m in ms] for r, ms in runs.items()}, out / "mmvp_per_category.png",
+                     title=f"Ablations: MMVP-style benchmark per category ({len(seeds)} seeds)")
     return result
 
 # %% ../nbs/08_pipeline.ipynb #c103

@@ -14,7 +14,7 @@ from torch import nn
 from .core import ConfigError, root_path
 from .data import CATEGORY_ATTRIBUTE, N_VALUES, SceneSpec, render, sample_spec, scene_rng, to_tensor
 from .train import TrainConfig, batch_indices
-from .encoder import image_embedding, Augment, get_tokenizer
+from .encoder import image_embedding, image_tokens, Augment, get_tokenizer
 from .conditioning import Diffusion, ConditionBuilder
 from .losses import ReconLoss, NaiveLoss, DCRLoss, diffusion_target, grad_cosine
 
@@ -91,16 +91,16 @@ class DCRTask(nn.Module):
         self.needs_view = type(objective) is not ReconLoss  # naive and dcr use the augmented view
 
     def embed(self, images):
-        "Pooled, projected CLIP embeddings; no graph when CLIP is frozen (stage 1)."
+        "Pooled, projected CLIP embeddings, and the patch tokens if the builder's condition uses them; no graph when CLIP is frozen (stage 1)."
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.clip.parameters())):
-            return image_embedding(self.clip, images)
+            return image_tokens(self.clip, images) if getattr(self.builder, "needs_tokens", False) else (image_embedding(self.clip, images), None)
 
     def forward(self, batch) -> dict:
         images = batch["images"]  # (B, 3, H, W) in [0, 1]
-        emb = self.embed(images); cond = self.builder(emb)  # (B, d_clip), (B, L, d_cross)
+        emb, tok = self.embed(images); cond = self.builder(emb, tok)  # (B, d_clip), (B, L, d_cross) (L + N with patch tokens)
         emb_pos = cond_pos = None
         if self.needs_view:
-            emb_pos = self.embed(self.augment(images)); cond_pos = self.builder(emb_pos)
+            emb_pos, tok_pos = self.embed(self.augment(images)); cond_pos = self.builder(emb_pos, tok_pos)
         x0 = self.d.codec.encode(images); noise = torch.randn_like(x0)
         t = torch.randint(0, self.d.scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
         out = self.objective(self.denoise, x0, noise, t, None, cond, self.d.scheduler, cond_pos, emb, emb_pos)

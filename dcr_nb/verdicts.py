@@ -10,8 +10,8 @@ import numpy as np
 from scipy import stats
 
 # %% auto #0
-__all__ = ['VERDICTS', 'CLAIMS', 'seed_interval', 'paired_bootstrap', 'condition', 'combine', 'flat_metrics', 'seed_table',
-           'pair_scores', 'conflict_share', 'judge', 'verdict_table']
+__all__ = ['VERDICTS', 'CLAIMS', 'ABLATIONS', 'seed_interval', 'paired_bootstrap', 'condition', 'combine', 'flat_metrics',
+           'seed_table', 'pair_scores', 'conflict_share', 'judge', 'verdict_table', 'judge_ablations']
 
 # %% ../nbs/07a_verdicts.ipynb #c105
 def seed_interval(values: Sequence[float], level: float = 0.95) -> dict:
@@ -90,6 +90,14 @@ def pair_scores(statements) -> np.ndarray:
     pairs = statements.drop_duplicates("pair").sort_values("pair")
     return 100.0 * pairs["pair_correct"].astype(bool).to_numpy()
 
+def _between(flat: Mapping, a: str, b: str, k: str) -> dict:
+    "Seed interval of run `a` minus run `b` in metric `k`, seed by seed (`flat`: name -> per-seed flat metrics)."
+    return seed_interval([x[k] - y[k] for x, y in zip(flat[a], flat[b])])
+
+def _mean_pairs(pairs: Mapping) -> dict:
+    "Per run: each benchmark pair's score averaged over seeds."
+    return {n: np.mean(np.stack([np.asarray(p, float) for p in ps]), 0) for n, ps in pairs.items()}
+
 def _cond(what: str, iv: Mapping, want: str, margin: float) -> dict:
     return {"what": what, "want": want, "margin": margin, **{k: float(iv[k]) for k in ("mean", "lo", "hi")},
             "outcome": condition(iv, want, margin)}
@@ -114,13 +122,12 @@ def judge(runs: Mapping[str, Sequence[Mapping]], pairs: Mapping[str, Sequence[np
     table, diff = seed_table(runs)
     for k in (p_metric, d_metric):
         if k not in table["baseline"]: raise ValueError(f"judge: no metric {k!r}; choose one of {sorted(table['baseline'])}")
-    mean_pairs = {n: np.mean(np.stack([np.asarray(p, float) for p in ps]), 0) for n, ps in pairs.items()}
+    mean_pairs = _mean_pairs(pairs)
     boot = {n: paired_bootstrap(mean_pairs[n], mean_pairs["baseline"], n_boot, seed) for n in mean_pairs if n != "baseline"}
     conflict = {o: {"negative_share": seed_interval([conflict_share(c) for c in cs]),
                     "mean_cosine": seed_interval([float(np.nanmean(c)) for c in cs])} for o, cs in cosines.items()}
     flat = {n: [flat_metrics(m) for m in ms] for n, ms in runs.items()}
-    def between(a, b, k):  # seed interval of a - b, seed by seed
-        return seed_interval([x[k] - y[k] for x, y in zip(flat[a], flat[b])])
+    between = lambda a, b, k: _between(flat, a, b, k)
     claims = {}
     if "recon" in diff:
         claims["1_recon"] = _claim("1_recon", [
@@ -143,7 +150,8 @@ def judge(runs: Mapping[str, Sequence[Mapping]], pairs: Mapping[str, Sequence[np
         claims["3_dcr"] = _claim("3_dcr", conds)
     claims["4_ablations"] = dict(ablations) if ablations else {
         "claim": CLAIMS["4_ablations"], "verdict": "not tested", "conditions": [],
-        "why": "the ablations (one end-to-end stage; other conditions than the CLS token) are not part of the default run"}
+        "why": "the ablations (one end-to-end stage; other conditions than the CLS token) are not part of the default run: "
+               "`make ablations` (ablations/dvc.yaml) judges this claim"}
     return {"metrics": table, "vs_baseline": diff, "mmvp_pairs": boot, "conflict": conflict, "claims": claims,
             "settings": {"p_metric": p_metric, "d_metric": d_metric, "margin_p": margin_p, "margin_d": margin_d,
                          "n_boot": n_boot, "seeds": len(runs["baseline"])}}
@@ -157,3 +165,31 @@ def verdict_table(result: Mapping) -> str:
                        for x in c["conditions"]) or c.get("why", "")
         rows.append(f"| {key.split('_')[0]}. {c['claim']} | **{c['verdict']}** | {ev} |")
     return "\n".join(rows)
+
+# %% ../nbs/07a_verdicts.ipynb #c127
+ABLATIONS = {  # ablation run -> what it changes from the default dcr (two stages, conditioned on the class token alone)
+    "end_to_end": "one end-to-end stage: projector and LoRA trained together from the start",
+    "tokens": "two stages, conditioned on the class token and the patch tokens",
+    "patches": "two stages, conditioned on the patch tokens only",
+}
+
+def judge_ablations(runs: Mapping[str, Sequence[Mapping]], pairs: Mapping[str, Sequence[np.ndarray]], reference: str = "dcr",
+                    ablations: Sequence[str] = tuple(ABLATIONS), p_metric: str = "mmvp/mean", margin_p: float = 1.0,
+                    n_boot: int = 10000, seed: int = 0) -> dict:
+    """Claim 4 from the ablation runs: `reference` minus each of `ablations` in P (seeds and paired bootstrap over pairs),
+    wanted up; also every run's seed intervals (`metrics`) and difference from the baseline (`vs_baseline`)."""
+    if not ablations: raise ValueError("judge_ablations: name at least one ablation run")
+    if missing := [n for n in ["baseline", reference, *ablations] if n not in runs or n not in pairs]:
+        raise ValueError(f"judge_ablations: no runs or benchmark pairs of {', '.join(missing)}; runs: {', '.join(runs)}")
+    table, diff = seed_table(runs)
+    if p_metric not in table["baseline"]: raise ValueError(f"judge_ablations: no metric {p_metric!r}; choose one of {sorted(table['baseline'])}")
+    flat, mean_pairs = {n: [flat_metrics(m) for m in ms] for n, ms in runs.items()}, _mean_pairs(pairs)
+    vs_ref = {a: {p_metric: _between(flat, reference, a, p_metric)} for a in ablations}
+    boot = {a: paired_bootstrap(mean_pairs[reference], mean_pairs[a], n_boot, seed) for a in ablations}
+    conds = [c for a in ablations for c in (
+        _cond(f"{reference} - {a}, {p_metric} (seeds)", vs_ref[a][p_metric], "up", margin_p),
+        _cond(f"{reference} - {a}, MMVP-style mean (paired bootstrap over pairs)", boot[a], "up", margin_p))]
+    return {"metrics": table, "vs_baseline": diff, "vs_reference": vs_ref, "mmvp_pairs": boot,
+            "claims": {"4_ablations": _claim("4_ablations", conds)},
+            "settings": {"reference": reference, "ablations": list(ablations), "p_metric": p_metric, "margin_p": margin_p,
+                         "n_boot": n_boot, "seeds": len(runs["baseline"])}}

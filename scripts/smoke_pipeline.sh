@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the real pipeline (every DVC stage, through papermill) on the smoke profile, in a scratch copy
 # of the working tree, from scratch; then delete the data and one objective-seed chain and rebuild them:
-# every output must be bit-identical. Then the
+# every output must be bit-identical. Then the ablations (ablations/dvc.yaml) at toy size. Then the
 # world pipeline (world/dvc.yaml, what `make world` runs) at toy size, twice: identical weights and
 # report, and `ship-world` + `check-world` work on what it built.
 #   bash scripts/smoke_pipeline.sh [WORKDIR] [PROFILE]     (default: a temp dir, profiles/smoke.yaml)
@@ -34,6 +34,16 @@ dvc status --quiet dvc.yaml || { echo "FAIL: dvc status is not clean after the r
 outputs > outputs.run2
 if ! diff outputs.run1 outputs.run2 >/dev/null; then echo "FAIL: outputs differ between two runs from scratch:"; diff outputs.run1 outputs.run2 | head; exit 1; fi
 echo "ok: prepare and the $CHAIN chain rebuilt from scratch bit for bit ($(wc -l < outputs.run1) output files identical)"
+
+# The ablations (ablations/dvc.yaml, claim 4) at toy size on top of that run: they must run, judge claim 4, and leave
+# the default pipeline up to date (they read its outputs and must not write where its stages look).
+cp "$ROOT/profiles/ablations_smoke.yaml" ablations/params.yaml
+start=$(date +%s)
+dvc repro --quiet --no-run-cache ablations/dvc.yaml > ablations.log 2>&1 || { tail -40 ablations.log; echo "FAIL: dvc repro ablations/dvc.yaml in $WORK"; exit 1; }
+echo "smoke ablations: dvc repro ablations/dvc.yaml took $(( $(date +%s) - start )) s ($(dvc stage list ablations/dvc.yaml | wc -l) stages)"
+dvc status --quiet ablations/dvc.yaml && dvc status --quiet dvc.yaml || { dvc status; echo "FAIL: dvc status is not clean after the ablations"; exit 1; }
+grep -q '"4_ablations"' outputs/ablations/comparison.json || { echo "FAIL: the ablations' comparison.json has no verdict on claim 4"; exit 1; }
+echo "ok: the ablations ran, judged claim 4, and left the default pipeline up to date"
 
 cp "$ROOT/profiles/world_smoke.yaml" world/params.yaml
 built() { md5sum outputs/world/pretrain_clip/clip.safetensors outputs/world/pretrain_denoiser/unet/* outputs/world/pretrain_denoiser/scheduler/* outputs/world/report/report.json; }

@@ -24,7 +24,7 @@ step "3/6 stage notebooks: one parameters cell, no outputs, parameters match dvc
 python scripts/check_stages.py
 step "4/6 nbdev_test (library notebooks)"
 nbdev_test --n_workers 2 --timing
-step "5/6 the real pipeline on the smoke profile: dvc repro from scratch, then the data and one chain rebuilt bit for bit; the toy world twice"
+step "5/6 the real pipeline on the smoke profile: dvc repro from scratch, then the data and one chain rebuilt bit for bit; the ablations; the toy world twice"
 bash scripts/smoke_pipeline.sh
 step "6/6 pytest tests/"
 python -m pytest tests/ -q -p no:cacheprovider ${FAST:+-m "not slow"}

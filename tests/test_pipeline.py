@@ -44,3 +44,20 @@ def test_an_objective_parameter_touches_only_that_objective(pipeline, prefix, ob
         assert users == {f"{prefix}stage{n}@{key}{r}" for n in (1, 2) for r in runs}, users
     # only the comparison (which reads every run) may depend on the whole section
     assert not any("objectives" in ks or "<whole file>" in ks for s, ks in deps.items() if not s.endswith("compare")), deps
+
+def test_ablations_differ_from_the_default_dcr_in_one_thing_and_write_apart():
+    "ablations/dvc.yaml trains with the default's dcr settings (objectives.dcr) only, and writes nowhere the default pipeline reads."
+    from dvc.repo import Repo
+    default_reads, ablation = set(), {}
+    for st in Repo(str(ROOT)).index.stages:
+        f = Path(st.dvcfile.path).resolve()
+        if f == (ROOT / "dvc.yaml").resolve(): default_reads |= {d.def_path for d in st.deps if type(d).__name__ != "ParamsDependency"}
+        elif f == (ROOT / "ablations/dvc.yaml").resolve(): ablation[st.addressing] = st
+    assert len(ablation) >= 4, list(ablation)
+    for name, st in ablation.items():
+        keys = {k for d in st.deps if type(d).__name__ == "ParamsDependency" for k in (d.params or [])}
+        assert not any(k.startswith("objectives.") and k != "objectives.dcr" for k in keys), (name, keys)
+        if name.split(":")[-1].startswith(("stage", "end_to_end")): assert "objectives.dcr" in keys, (name, keys)
+        for o in st.outs:
+            assert o.def_path.startswith("outputs/ablations/"), (name, o.def_path)
+            assert not any(o.def_path.startswith(r.rstrip("/") + "/") for r in default_reads), (name, o.def_path)

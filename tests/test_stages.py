@@ -9,7 +9,7 @@ def run_check(folder: Path):
 def make_project(root: Path, tmp: Path) -> Path:
     proj = tmp / "proj"; (proj / "nbs").mkdir(parents=True)
     shutil.copytree(root / "nbs" / "stages", proj / "nbs" / "stages")
-    for f in ("dvc.yaml", "params.yaml", "paper/dvc.yaml", "paper/params.yaml", "world/dvc.yaml", "world/params.yaml"):
+    for f in ("dvc.yaml", "params.yaml", "paper/dvc.yaml", "paper/params.yaml", "world/dvc.yaml", "world/params.yaml", "ablations/dvc.yaml", "ablations/params.yaml"):
         (proj / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy(root / f, proj / f)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=proj, check=True, env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"},
                    executable=str(Path(sys.executable).parent / "dvc"))
