@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dcr-nb-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DCR_NB_ROOT := $(abspath .)
 
-.PHONY: setup data repro results test lab clean-outputs paper world ablations
+.PHONY: setup data repro results test lab clean-outputs paper world gpu-check ablations
 .DEFAULT_GOAL := repro
 
 # The virtual environment with every pinned dependency and the package itself (editable).
@@ -61,6 +61,12 @@ world: setup
 paper: $(STAMP)
 	$(BIN)/python -m dcr_nb.paper preflight paper/params.yaml
 	dvc repro paper/dvc.yaml
+
+# One prepared check of the paper profile at real size on a CUDA machine (benchmarks/gpu_check.py; under 5 minutes): step time
+# and peak memory of the straightforward step and of ours per setting, the projected wall time and the `dcr:` keys to use.
+# Without a GPU it exits 2; `$(BIN)/python benchmarks/gpu_check.py --tiny` runs the same code on the CPU with tiny shapes.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 # JupyterLab on the notebooks (works as root too).
 lab: setup

@@ -17,6 +17,7 @@ from .conditioning import load_sd
 from .tasks import DCRTask
 from .evaluate import evaluate_mmvp, evaluate_d_ability, model_image_size
 from .pipeline import DCRStageConfig, require, dcr_task, train_dcr, write_evaluation
+from .hf import export_hf, import_hf
 
 # %% auto #0
 __all__ = ['SD_FILES', 'SD_HOW', 'SHARDS_HOW', 'MMVP_HOW', 'PAPER_PARAMS', 'Missing', 'PaperInputsMissing', 'open_clip_name',
@@ -317,12 +318,15 @@ def build_paper_task(cfg: PaperStageConfig) -> DCRTask:
     return dcr_task(cfg, clip, load_sd(root_path(cfg.denoiser)))
 
 def run_paper_stage(cfg: PaperStageConfig) -> Path | None:
-    "Run stage 1 or 2 of the paper profile (on every process of an `accelerate launch`); the main process gets the written path."
+    """Run stage 1 or 2 of the paper profile (on every process of an `accelerate launch`); the main process gets the written path.
+    Stage 2 also writes the encoder as a Hugging Face CLIP vision folder, `<out>/hf/` (what LLaVA-1.5 loads; `dcr_nb.hf`)."""
     preflight(shards=cfg.data)
     task = build_paper_task(cfg)
     get_batch = shard_batches(cfg.data, cfg.batch_size, cfg.seed, model_image_size(task.clip)[0], root_path(cfg.train_dir, "shard_counts"))
     fp = [file_id(clip_weights(cfg.model, cfg.clip, cfg.cache_dir)), file_id(next(root_path(cfg.denoiser, "unet").glob("diffusion_pytorch_model.*")))]
-    return train_dcr(cfg, task, get_batch, fp + ([file_id(root_path(cfg.projector))] if cfg.stage == 2 else []))
+    path = train_dcr(cfg, task, get_batch, fp + ([file_id(root_path(cfg.projector))] if cfg.stage == 2 else []))
+    if path is not None and cfg.stage == 2: export_hf(task.clip, path.parent / "hf")  # LoRA merged into a copy
+    return path
 
 # %% ../nbs/09_paper.ipynb #c045
 def image_folder_set(root, size: int, per_class: int = 0, template: str = "a photo of a {}.") -> dict:
@@ -342,7 +346,8 @@ class PaperEvaluateConfig(StageConfig):
     "`evaluate@<encoder>` of the paper profile: MMVP-VLM and, given an image folder, D-Ability."
     name: str = "baseline"                     # the encoder's name in reports
     model: str = "openai-l14"                  # BACKBONES key or open_clip name
-    encoder: str = "openai"                    # pretrained tag or checkpoint file (e.g. stage 2's encoder.pt)
+    encoder: str = "openai"                    # pretrained tag or checkpoint file (e.g. stage 2's encoder.pt); with `hf`: the text tower's
+    hf: str = ""                               # a Hugging Face CLIP (vision) folder, e.g. a released DCR/GenHancer/DIVA encoder: its image tower is scored
     made_by: str = "pretrained"                # the stage that writes it (for the error message)
     cache_dir: str = ""                        # Hugging Face hub cache for tags
     mmvp: str = "paper/inputs/MMVP_VLM"                # the MMVP-VLM folder
@@ -358,7 +363,12 @@ def run_paper_evaluate(cfg: PaperEvaluateConfig) -> dict:
     preflight(mmvp=cfg.mmvp, d_ability=cfg.d_ability)
     w = clip_weights(cfg.model, cfg.encoder, cfg.cache_dir, cfg.made_by)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    clip = create_encoder(cfg.model, pretrained=str(w), device=dev).eval(); tok = get_tokenizer(cfg.model)
+    if cfg.hf and not root_path(cfg.hf).is_dir():
+        raise ConfigError(f"no Hugging Face CLIP folder at {cfg.hf}: download the released encoder on a machine with network "
+                          f"(e.g. `hf download <repo> --local-dir <folder>`), copy it here and name it under `released` in paper/params.yaml")
+    if cfg.hf: clip = import_hf(root_path(cfg.hf), cfg.model, pretrained=str(w), device=dev).eval()
+    else: clip = create_encoder(cfg.model, pretrained=str(w), device=dev).eval()
+    tok = get_tokenizer(cfg.model)
     seed_everything(cfg.seed)
     mmvp = evaluate_mmvp(clip, tok, root_path(cfg.mmvp), cfg.batch_size, progress=False)
     d, feats, ev = {}, None, {"labels": None}

@@ -42,8 +42,8 @@ def test_an_objective_parameter_touches_only_that_objective(pipeline, prefix, ob
     for key in objectives:
         users = {s for s, ks in deps.items() if any(k == f"objectives.{key}" or k.startswith(f"objectives.{key}.") for k in ks)}
         assert users == {f"{prefix}stage{n}@{key}{r}" for n in (1, 2) for r in runs}, users
-    # only the comparison (which reads every run) may depend on the whole section
-    assert not any("objectives" in ks or "<whole file>" in ks for s, ks in deps.items() if not s.endswith("compare")), deps
+    # only the stages that read every run (the comparison, the Hugging Face export) may depend on the whole section
+    assert not any("objectives" in ks or "<whole file>" in ks for s, ks in deps.items() if not s.endswith(("compare", "export_hf"))), deps
 
 def test_ablations_differ_from_the_default_dcr_in_one_thing_and_write_apart():
     "ablations/dvc.yaml trains with the default's dcr settings (objectives.dcr) only, and writes nowhere the default pipeline reads."
