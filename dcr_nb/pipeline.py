@@ -302,6 +302,7 @@ def first_n(s: dict, n: int) -> dict:
     "The first `n` items of an eval set dict (all if `n` is 0)."
     return s if not n else {**s, "images": s["images"][:n], "labels": s["labels"][:n]}
 
+# %% ../nbs/08_pipeline.ipynb #c119
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     "Evaluate; writes `<out>/metrics.json`, `<out>/mmvp_statements.csv` and `<out>/features.npz`; returns the metrics."
     from dcr_nb.evaluate import evaluate_mmvp, evaluate_d_ability
@@ -317,6 +318,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         extra["attributes"] = attribute_probe(clip, cfg.n_attributes, seed=0, batch_size=cfg.batch_size)  # the same scenes for every run
     return write_evaluation(root_path(cfg.out), mmvp, d, feats, ev["labels"], cfg.n_features, extra)
 
+# %% ../nbs/08_pipeline.ipynb #c121
 def movement(clip, reference, images, batch_size: int = 256) -> dict[str, float]:
     "How far `clip`'s image tower moved from `reference`'s: relative L2 distance of its weights, mean cosine of its features on `images`."
     from dcr_nb.evaluate import encode_images
@@ -327,6 +329,7 @@ def movement(clip, reference, images, batch_size: int = 256) -> dict[str, float]
     fa, fb = (encode_images(m, images, batch_size, progress=False) for m in (clip, reference))
     return {"weight_distance": dist, "feature_cosine": float((fa * fb).sum(-1).mean())}
 
+# %% ../nbs/08_pipeline.ipynb #c123
 def write_evaluation(out: Path, mmvp, d_ability: dict, feats=None, labels=None, n_features: int = 2000, extra: dict | None = None) -> dict:
     "Write `metrics.json` (with `extra` sections), `mmvp_statements.csv` and (given features) the first `n_features` in `features.npz`; returns the metrics."
     metrics = {"mmvp": mmvp.to_dict(), "d_ability": d_ability, **(extra or {})}
@@ -389,6 +392,13 @@ def run_figures(cfg: FiguresConfig) -> dict:
     return paths
 
 # %% ../nbs/08_pipeline.ipynb #c108
+def _seeds(s: str, owner: str) -> list[int]:
+    "Comma-separated distinct integer seeds, at least one; a `ConfigError` naming `owner` otherwise."
+    try: seeds = [int(x) for x in _names(s)]
+    except ValueError: raise ConfigError(f"{owner}.seeds must be comma-separated integers, got {s!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds): raise ConfigError(f"{owner}.seeds must be distinct integers, at least one, got {s!r}")
+    return seeds
+
 @dataclasses.dataclass(frozen=True)
 class CompareConfig(StageConfig):
     "`compare`: statistics over seeds, a verdict per claim, the comparison table and the figures."
@@ -408,9 +418,7 @@ class CompareConfig(StageConfig):
     def __post_init__(self):
         super().__post_init__()
         if not _names(self.objectives): raise ConfigError("CompareConfig.objectives: name at least one objective")
-        try: seeds = [int(s) for s in _names(self.seeds)]
-        except ValueError: raise ConfigError(f"CompareConfig.seeds must be comma-separated integers, got {self.seeds!r}") from None
-        if not seeds or len(set(seeds)) != len(seeds): raise ConfigError(f"CompareConfig.seeds must be distinct integers, at least one, got {self.seeds!r}")
+        _seeds(self.seeds, "CompareConfig")
         if min(self.margin_p, self.margin_d) < 0 or self.n_boot < 100:
             raise ConfigError("CompareConfig: margins must be >= 0 and n_boot >= 100")
 
@@ -437,7 +445,16 @@ def load_evaluations(evaluate: str, names: dict[str, list[str]], made_by) -> tup
     pairs = {n: [_csv_pairs(require(f"{evaluate}/{r}/mmvp_statements.csv", made_by(r))) for r in rs] for n, rs in names.items()}
     return runs, pairs
 
+def _default_made_by(run: str) -> str:
+    "The default pipeline's stage that evaluates `run` (`baseline-<seed>` or `<objective>-<seed>`)."
+    return f"evaluate_baseline@{run.split('-')[-1]}" if run.startswith("baseline-") else f"evaluate@{run}"
+
 def _head(iv: dict) -> dict: return {k: round(float(iv[k]), 2) for k in ("mean", "lo", "hi")}
+
+def _pd_heads(result: dict, p_metric: str, d_metric: str) -> dict:
+    "P and D of every run: mean and 95% interval, rounded (for `comparison.json`)."
+    return {"P": {n: _head(t[p_metric]) for n, t in result["metrics"].items()},
+            "D": {n: _head(t[d_metric]) for n, t in result["metrics"].items() if d_metric in t}}
 
 def _verdicts(result: dict) -> dict:
     "The claims' verdicts (and their numeric scores, which `dvc metrics show` prints)."
@@ -448,16 +465,20 @@ def _pd_points(runs: dict, d_metric: str, p_metric: str) -> dict:
     from dcr_nb.verdicts import flat_metrics
     return {n: [(f[d_metric], f[p_metric]) for f in map(flat_metrics, ms)] for n, ms in runs.items()}
 
+def _plane_and_bars(runs: dict, out: Path, p_metric: str, d_metric: str, title: str) -> dict:
+    "The P-D plane (`pd_plane.png`) and the per-category bars (`mmvp_per_category.png`) of `runs` under `out`; their paths."
+    from dcr_nb import figures as F
+    return {"pd_plane": F.plot_pd_plane(_pd_points(runs, d_metric, p_metric), out / "pd_plane.png",
+                                        xlabel=f"D-Ability: {d_metric} (x100)", ylabel=f"P-Ability: {p_metric} (%)"),
+            "mmvp": F.plot_mmvp_bars({r: [m["mmvp"] for m in ms] for r, ms in runs.items()}, out / "mmvp_per_category.png", title=title)}
+
 # %% ../nbs/08_pipeline.ipynb #c110
 def _compare_figures(cfg: CompareConfig, runs: dict, cos: dict, names: dict) -> dict:
     "The comparison's figures under `cfg.out`: P-D plane, MMVP bars, gradient cosines, training curves, t-SNE; their paths."
     from dcr_nb import figures as F
     out, ev, tr, n = root_path(cfg.out), root_path(cfg.evaluate), root_path(cfg.train), len(names["baseline"])
     objs = [o for o in names if o != "baseline"]
-    paths = {"pd_plane": F.plot_pd_plane(_pd_points(runs, cfg.d_metric, cfg.p_metric), out / "pd_plane.png",
-                                         xlabel=f"D-Ability: {cfg.d_metric} (x100)", ylabel=f"P-Ability: {cfg.p_metric} (%)"),
-             "mmvp": F.plot_mmvp_bars({r: [m["mmvp"] for m in ms] for r, ms in runs.items()}, out / "mmvp_per_category.png",
-                                      title=f"MMVP-style benchmark per category ({n} seeds)")}
+    paths = _plane_and_bars(runs, out, cfg.p_metric, cfg.d_metric, f"MMVP-style benchmark per category ({n} seeds)")
     if cos: paths["grad_cos"] = F.plot_grad_cosines({o: np.concatenate(c) for o, c in cos.items()}, out / "grad_cosines.png",
                                                     title=f"Stage 2: contrastive vs reconstruction gradient cosine ({n} seeds pooled)")
     curves = {(r, f"stage{s} loss"): p for o in objs for r in names[o][:1] for s in (1, 2)
@@ -473,18 +494,15 @@ def run_compare(cfg: CompareConfig) -> dict:
     from dcr_nb import figures as F
     from dcr_nb.verdicts import judge, verdict_table
     out, tr = root_path(cfg.out), root_path(cfg.train)
-    objs, seeds = _names(cfg.objectives), [int(s) for s in _names(cfg.seeds)]
+    objs, seeds = _names(cfg.objectives), _seeds(cfg.seeds, "CompareConfig")
     names = {"baseline": [f"baseline-{s}" for s in seeds]} | {o: [f"{o}-{s}" for s in seeds] for o in objs}
-    made_by = lambda run: f"evaluate_baseline@{run.split('-')[-1]}" if run.startswith("baseline-") else f"evaluate@{run}"
-    runs, pairs = load_evaluations(cfg.evaluate, names, made_by)
+    runs, pairs = load_evaluations(cfg.evaluate, names, _default_made_by)
     cos = {o: [F.load_curve(p)["value"].to_numpy() for r in names[o] if (p := _tsv(tr / f"stage2/{r}/live/plots/metrics/train/grad_cos.tsv"))]
            for o in objs if o != "recon"}
     cos = {o: c for o, c in cos.items() if c}
     result = judge(runs, pairs, cos, cfg.p_metric, cfg.d_metric, cfg.margin_p, cfg.margin_d, cfg.n_boot, cfg.seed)
     atomic_write(out / "verdicts.json", json.dumps(result, indent=1))
-    comparison = {"claims": _verdicts(result),
-                  "P": {n: _head(t[cfg.p_metric]) for n, t in result["metrics"].items()},
-                  "D": {n: _head(t[cfg.d_metric]) for n, t in result["metrics"].items()},
+    comparison = {"claims": _verdicts(result), **_pd_heads(result, cfg.p_metric, cfg.d_metric),
                   "conflict_share": {o: _head(c["negative_share"]) for o, c in result["conflict"].items()}}
     atomic_write(out / "comparison.json", json.dumps(comparison, indent=1))
     atomic_write(out / "summary.md", "\n\n".join([
@@ -518,34 +536,27 @@ class AblationsConfig(StageConfig):
         from dcr_nb.verdicts import ABLATIONS
         if not (abl := _names(self.ablations)): raise ConfigError("AblationsConfig.ablations: name at least one ablation run")
         if bad := [a for a in abl if a not in ABLATIONS]: raise ConfigError(f"AblationsConfig.ablations: unknown {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
-        try: seeds = [int(s) for s in _names(self.seeds)]
-        except ValueError: raise ConfigError(f"AblationsConfig.seeds must be comma-separated integers, got {self.seeds!r}") from None
-        if not seeds or len(set(seeds)) != len(seeds): raise ConfigError(f"AblationsConfig.seeds must be distinct integers, at least one, got {self.seeds!r}")
+        _seeds(self.seeds, "AblationsConfig")
         if self.margin_p < 0 or self.n_boot < 100: raise ConfigError("AblationsConfig: margin_p must be >= 0 and n_boot >= 100")
 
 def run_ablations(cfg: AblationsConfig) -> dict:
     "Judge claim 4 from the ablation runs and the default's baseline and dcr; write `comparison.json`, `verdicts.json`, `summary.md` and figures under `out`."
-    from dcr_nb import figures as F
     from dcr_nb.verdicts import judge_ablations, verdict_table, ABLATIONS
-    out, abl, seeds = root_path(cfg.out), _names(cfg.ablations), [int(s) for s in _names(cfg.seeds)]
+    out, abl, seeds = root_path(cfg.out), _names(cfg.ablations), _seeds(cfg.seeds, "AblationsConfig")
     default = {"baseline": [f"baseline-{s}" for s in seeds], cfg.reference: [f"{cfg.reference}-{s}" for s in seeds]}
-    runs, pairs = load_evaluations(cfg.evaluate, default, lambda r: f"evaluate_baseline@{r.split('-')[-1]}" if r.startswith("baseline-") else f"evaluate@{r} (the default pipeline, `dvc repro`)")
+    runs, pairs = load_evaluations(cfg.evaluate, default, _default_made_by)
     more = load_evaluations(cfg.ablation_evaluate, {a: [f"{a}-{s}" for s in seeds] for a in abl}, lambda r: f"ablations/dvc.yaml:evaluate@{r}")
     runs, pairs = {**runs, **more[0]}, {**pairs, **more[1]}
     result = judge_ablations(runs, pairs, cfg.reference, abl, cfg.p_metric, cfg.margin_p, cfg.n_boot, cfg.seed)
     atomic_write(out / "verdicts.json", json.dumps(result, indent=1))
-    atomic_write(out / "comparison.json", json.dumps({"claims": _verdicts(result), "P": {n: _head(t[cfg.p_metric]) for n, t in result["metrics"].items()},
-                                                      "D": {n: _head(t[cfg.d_metric]) for n, t in result["metrics"].items() if cfg.d_metric in t}}, indent=1))
+    atomic_write(out / "comparison.json", json.dumps({"claims": _verdicts(result), **_pd_heads(result, cfg.p_metric, cfg.d_metric)}, indent=1))
     atomic_write(out / "summary.md", "\n\n".join([
         f"### Claim 4: the ablations ({len(seeds)} seeds; P = {cfg.p_metric}; margin {cfg.margin_p})", verdict_table(result),
         "Runs: " + "; ".join([f"**{cfg.reference}**: the default (two stages, class token)"] + [f"**{a}**: {ABLATIONS[a]}" for a in abl]) + ".",
         "### Metrics: mean [95% interval over seeds]", interval_table(result["metrics"]),
         f"### {cfg.reference} minus each ablation, seed by seed: mean [95% interval]", interval_table(result["vs_reference"], signed=True),
         f"### MMVP-style mean, {cfg.reference} minus each ablation: paired bootstrap over benchmark pairs", interval_table({f"{cfg.reference} minus": result["mmvp_pairs"]}, signed=True)]) + "\n")
-    F.plot_pd_plane(_pd_points(runs, cfg.d_metric, cfg.p_metric), out / "pd_plane.png",
-                    xlabel=f"D-Ability: {cfg.d_metric} (x100)", ylabel=f"P-Ability: {cfg.p_metric} (%)")
-    F.plot_mmvp_bars({r: [m["mmvp"] for m in ms] for r, ms in runs.items()}, out / "mmvp_per_category.png",
-                     title=f"Ablations: MMVP-style benchmark per category ({len(seeds)} seeds)")
+    _plane_and_bars(runs, out, cfg.p_metric, cfg.d_metric, f"Ablations: MMVP-style benchmark per category ({len(seeds)} seeds)")
     return result
 
 # %% ../nbs/08_pipeline.ipynb #c103
