@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dcr-nb-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DCR_NB_ROOT := $(abspath .)
 
-.PHONY: setup data repro results test lab clean-outputs paper world gpu-check ablations
+.PHONY: setup data chromium repro results test lab clean-outputs paper world gpu-check ablations
 .DEFAULT_GOAL := repro
 
 # The virtual environment with every pinned dependency and the package itself (editable).
@@ -23,7 +23,13 @@ $(STAMP): constraints.txt setup.py settings.ini
 data: $(STAMP)
 	@$(BIN)/python -m dcr_nb.fetch
 
-setup: $(STAMP) data
+# Chromium for tests/test_lab.py (a headless browser checks that JupyterLab renders a notebook's images and math):
+# nothing when `chromium` is on PATH; as root, apt-get installs it (about 10 s, 400 MB); otherwise it says what to install
+# (and `make repro` goes on without it; `make test` fails in tests/test_lab.py).
+chromium:
+	@bash scripts/ensure_chromium.sh || echo "(without chromium, make test fails in tests/test_lab.py; make repro does not need it)"
+
+setup: $(STAMP) data chromium
 
 repro: setup
 	dvc repro

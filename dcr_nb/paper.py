@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_paper.ipynb #c001
 from __future__ import annotations
-import dataclasses, hashlib, io, json, os, shutil, subprocess, sys, tempfile
+import dataclasses, hashlib, io, json, os, sys
 from pathlib import Path
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ __all__ = ['SD_FILES', 'SD_HOW', 'SHARDS_HOW', 'MMVP_HOW', 'PAPER_PARAMS', 'Miss
            'preflight', 'write_shards', 'write_tiny_sd', 'write_mmvp_folder', 'fake_paper_inputs', 'shard_share',
            'ShardCounts', 'ShardStream', 'shard_batches', 'PaperStageConfig', 'file_id', 'clip_weights',
            'build_paper_task', 'run_paper_stage', 'image_folder_set', 'PaperEvaluateConfig', 'run_paper_evaluate',
-           'rank_papermill', 'read_inputs', 'main']
+           'read_inputs', 'main']
 
 # %% ../nbs/09_paper.ipynb #c006
 @dataclasses.dataclass(frozen=True)
@@ -377,20 +377,6 @@ def run_paper_evaluate(cfg: PaperEvaluateConfig) -> dict:
         d, feats = evaluate_d_ability(clip, tok, ev, None, cfg.batch_size, cfg.seed, progress=False)
     return write_evaluation(root_path(cfg.out), mmvp, d, feats, ev["labels"], cfg.n_features)
 
-# %% ../nbs/09_paper.ipynb #c050
-def rank_papermill(argv: list[str]) -> int:
-    "Run `papermill IN OUT ...` as this process of an `accelerate launch`: ranks other than 0 write OUT to a temporary folder."
-    if argv[:1] != ["papermill"] or len(nbs := [i for i, a in enumerate(argv) if a.endswith(".ipynb")]) < 2:
-        raise SystemExit("usage: python -m dcr_nb.paper rank-papermill papermill IN.ipynb OUT.ipynb [papermill options]")
-    rank, argv, tmp = int(os.environ.get("RANK", "0")), list(argv), None
-    if rank:
-        tmp = Path(tempfile.mkdtemp(prefix=f"dcr-rank{rank}-")); argv[nbs[1]] = str(tmp / Path(argv[nbs[1]]).name)
-    rc = subprocess.call([sys.executable, "-m", "papermill", *argv[1:]])
-    if tmp is not None:
-        if rc == 0: shutil.rmtree(tmp, ignore_errors=True)
-        else: print(f"rank {rank}: papermill failed; its executed notebook is {argv[nbs[1]]}", file=sys.stderr)
-    return rc
-
 # %% ../nbs/09_paper.ipynb #c052
 PAPER_PARAMS = "paper/params.yaml"  # the paper profile's parameters, from the repository root
 
@@ -402,11 +388,10 @@ def read_inputs(params: str = PAPER_PARAMS) -> PaperInputs:
     return PaperInputs.from_dict((yaml.safe_load(p.read_text()) or {}).get("inputs", {}))
 
 def main(argv: list[str] | None = None) -> int:
-    "`preflight [params.yaml]` or `rank-papermill papermill ...`; returns the exit status."
+    "`preflight [params.yaml]`; returns the exit status."
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["rank-papermill"]: return rank_papermill(argv[1:])
     if argv[:1] != ["preflight"] or len(argv) > 2:
-        print("usage: python -m dcr_nb.paper preflight [paper/params.yaml] | rank-papermill papermill IN OUT [...]", file=sys.stderr); return 2
+        print("usage: python -m dcr_nb.paper preflight [paper/params.yaml]", file=sys.stderr); return 2
     try: summary = preflight(**read_inputs(*argv[1:]).to_dict())
     except (PaperInputsMissing, ConfigError) as e: print(e, file=sys.stderr); return 1
     print("paper inputs ok: " + "; ".join(f"{k} {v}" for k, v in summary.items())); return 0

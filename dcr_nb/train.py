@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Literal
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .stage import Progress
 from .core import StageConfig, ConfigError, atomic_write, dvc_stage, stage_inputs, package_code
 
 # %% auto #0
@@ -199,20 +199,22 @@ def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: Tr
         truncate_live_logs(out / "live", start)
         live = Live(str(out / "live"), resume=start > 0, save_dvc_exp=False, dvcyaml=None)
         live.step = start
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc, disable=not acc.is_main_process)
-    last, t0 = {}, time.perf_counter()
-    for step in bar:
+    progress = Progress(cfg.steps, start, desc, items_per_step=cfg.batch_size * cfg.grad_accum * acc.num_processes,
+                        enabled=acc.is_main_process)  # lines on the terminal of `dvc repro`, a bar in JupyterLab
+    last = {}
+    for step in range(start, cfg.steps):
         terms = _update(model, opt, sched, get_batch, cfg, acc, step)
         last = terms
         if live is not None:
             for k, v in terms.items(): live.log_metric(f"train/{k}", v)
             live.log_metric("train/lr", sched.get_last_lr()[0]); live.next_step()
         done = step + 1
-        bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{(done - start) * cfg.batch_size * cfg.grad_accum * acc.num_processes / (time.perf_counter() - t0):.1f}")
+        progress.update(done, loss=terms["loss"])
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             acc.wait_for_everyone()
             if acc.is_main_process: save_checkpoint(out / CKPT_NAME, done, acc.unwrap_model(model), opt, sched, fp, inputs)
         if stop_after is not None and done >= stop_after: break
+    progress.close()
     if live is not None: live.end()
     return {"start_step": start, "steps": cfg.steps, "set_aside": aside, **{f"final_{k}": v for k, v in last.items()}}
 

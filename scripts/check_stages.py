@@ -1,4 +1,5 @@
-"""Check every stage notebook run by papermill in dvc.yaml, and every notebook in nbs/stages/:
+"""Check every stage notebook run by the stage runner (`python -m dcr_nb.stage`, papermill with progress; it is a
+declared dependency) in the dvc.yaml files, and every notebook in nbs/stages/:
 exactly one cell tagged `parameters`, no committed outputs or execution counts, and the names the
 stage passes with `papermill -p` are exactly the names its parameters cell assigns. Also: a stage's only
 persistent output (`persist: true`, kept across reruns) is the `train_dir` it passes, the folder whose
@@ -29,8 +30,13 @@ used = set()
 for stage in Repo(str(ROOT)).index.stages:
     cmd = " ".join(stage.cmd) if isinstance(stage.cmd, list) else (stage.cmd or "")
     toks = shlex.split(cmd.replace("&&", " && "))
-    if "papermill" not in toks: continue
-    i = toks.index("papermill"); pos = [t for t in toks[i + 1:] if not t.startswith("-")]
+    if "papermill" in toks:
+        errors.append(f"stage {stage.addressing}: runs papermill directly; run its notebook with `python -m dcr_nb.stage IN OUT -p ...` "
+                      "(progress on the terminal, a kernel on local sockets)"); continue
+    if "dcr_nb.stage" not in toks: continue
+    i = toks.index("dcr_nb.stage")
+    if "dcr_nb/stage.py" not in [d.def_path for d in stage.deps]:
+        errors.append(f"stage {stage.addressing}: runs dcr_nb.stage but does not declare dcr_nb/stage.py among its deps")
     nb = (ROOT / toks[[j for j in range(i + 1, len(toks)) if toks[j].endswith(".ipynb")][0]]).resolve()
     used.add(nb)
     passed = [toks[j + 1] for j in range(i, len(toks) - 1) if toks[j] in ("-p", "--parameters")]

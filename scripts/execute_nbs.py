@@ -41,6 +41,7 @@ def execute(path: Path) -> float:
 
 if __name__ == "__main__":
     os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("DCR_NB_PROGRESS", "off")  # no progress bars (their rates and timings change on every run)
     paths = [Path(p).resolve() for p in sys.argv[1:]] or sorted((ROOT / "nbs").glob("*.ipynb"))
     failed = []
     for p in paths:

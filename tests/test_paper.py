@@ -129,14 +129,13 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_accelerate_launch_two_processes(fake, tmp_path):
-    "The dvc.yaml command shape, on 2 CPU processes (gloo): both ranks train on disjoint shards, rank 0's notebook is kept."
+    "The dvc.yaml command shape, on 2 CPU processes (gloo): both ranks train on disjoint shards, rank 0's notebook and progress are kept."
     out, train_dir = tmp_path / "stage1", tmp_path / "train"
     out.mkdir()
     params = dict(stage=1, objective="dcr", schedule="constant", model="tiny", clip=fake.pretrained, denoiser=fake.sd, data=fake.shards, steps=2,
                   batch_size=2, grad_accum=2, ckpt_every=1, warmup_steps=4, out=str(out), train_dir=str(train_dir), lr=0.001)
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "dcr_nb.paper", "rank-papermill",
-           "papermill", "--log-level", "WARNING", str(ROOT / "nbs/stages/paper_train.ipynb"), str(out / "paper_train.ipynb")]
+           "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "dcr_nb.stage", str(ROOT / "nbs/stages/paper_train.ipynb"), str(out / "paper_train.ipynb")]
     for k, v in params.items(): cmd += ["-p", k, str(v)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "DCR_NB_ROOT": str(ROOT),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -149,6 +148,9 @@ def test_accelerate_launch_two_processes(fake, tmp_path):
     import nbformat
     text = "".join(o.get("text", "") for c in nbformat.read(out / "paper_train.ipynb", 4).cells for o in c.get("outputs", []))
     assert f"wrote {out / 'projector.pt'}" in text
+    progress = [l for l in r.stderr.splitlines() if "step 2/2 (100%)" in l]   # rank 0's lines only, relayed once
+    assert len(progress) == 1 and progress[0].startswith("[stage1] ") and "done in" in progress[0], r.stderr[-3000:]
+    assert "without encryption" not in r.stderr, r.stderr[-3000:]
     # 2 updates x 2 micro-batches x 2 images = 8 samples per rank: each rank read one whole shard (6) of its own share,
     # so two count records exist; a single process would have finished only one shard.
     # The schedule moves once per update, not once per process: after updates 1 and 2 of a 4-step warmup the logged
