@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dcr-nb-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DCR_NB_ROOT := $(abspath .)
 
-.PHONY: setup data chromium repro results test lab clean-outputs paper world gpu-check ablations
+.PHONY: setup data chromium notebooks repro results test lab clean-outputs paper world gpu-check ablations
 .DEFAULT_GOAL := repro
 
 # The virtual environment with every pinned dependency and the package itself (editable).
@@ -73,6 +73,13 @@ paper: $(STAMP)
 # Without a GPU it exits 2; `$(BIN)/python benchmarks/gpu_check.py --tiny` runs the same code on the CPU with tiny shapes.
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py
+
+# Execute every library notebook in place with the current code, so that it shows its results (figures, tables, checks),
+# then nbdev_clean; prints the time each took and the notebooks' size. `make test` fails while a notebook's outputs are
+# stale (scripts/execute_nbs.py --check: a hash of its code cells and of the dcr_nb modules it uses, recorded at execution).
+notebooks: setup
+	$(BIN)/python scripts/execute_nbs.py
+	nbdev_clean
 
 # JupyterLab on the notebooks (works as root too).
 lab: setup

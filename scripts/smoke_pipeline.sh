@@ -20,6 +20,20 @@ dvc repro --quiet --no-run-cache > repro.run1.log 2>&1 || { tail -40 repro.run1.
 echo "smoke run: dvc repro from scratch took $(( $(date +%s) - start )) s ($(dvc stage list | wc -l) stages)"
 dvc status --quiet dvc.yaml || { echo "FAIL: dvc status is not clean after repro"; exit 1; }
 grep -q '"verdict"' outputs/figures/comparison.json || { echo "FAIL: comparison.json has no verdicts"; exit 1; }
+# Progress (nbs/00b_stage): every training stage showed its progress on the terminal (relayed by python -m dcr_nb.stage),
+# no kernel warned about TCP without encryption, and the executed notebooks hold a few progress lines, not one per step.
+n_train=$(ls -d outputs/stage1/* outputs/stage2/* | wc -l)
+n_done=$(grep -cE '^\[stage[12]@[^]]+\] .*step ([0-9]+)/\1 \(100%\).* done in ' repro.run1.log || true)
+[[ $n_done -eq $n_train ]] || { grep '^\[' repro.run1.log | head; echo "FAIL: $n_done of $n_train training stages showed their progress on the terminal"; exit 1; }
+if grep -q 'without encryption' repro.run1.log; then echo "FAIL: a kernel warned about TCP without encryption"; exit 1; fi
+python - <<'PY'
+import glob, json, re, sys
+counts = {p: sum(len(re.findall(r"step \d+/\d+ \(", "".join(o.get("text", "")))) for c in json.load(open(p))["cells"] for o in c.get("outputs", []))
+          for p in glob.glob("outputs/stage[12]/*/train_dcr.ipynb")}
+worst = max(counts, key=counts.get)
+if not 1 <= counts[worst] <= 12: sys.exit(f"FAIL: {worst} holds {counts[worst]} progress lines (expected 1 to 12)")
+print(f"ok: every training stage showed its progress on the terminal; its executed notebook holds at most {counts[worst]} progress lines")
+PY
 outputs > outputs.run1
 # Reproducible from scratch: delete the data and one whole objective-seed chain (its checkpoints too) and force those
 # four stages to run again (DVC would otherwise restore cached outputs); then let DVC bring the rest up to date. Every
