@@ -44,7 +44,7 @@ results:
 	  cp outputs/ablations/pd_plane.png docs/ablations_pd_plane.png; cp outputs/ablations/mmvp_per_category.png docs/ablations_mmvp_per_category.png; fi
 
 # The paper's ablations (claim 4: one end-to-end stage; other conditioning tokens than the class token), beside the
-# default run: ablations/dvc.yaml, parameters in ablations/params.yaml (the rest from params.yaml). 52 minutes measured
+# default run: ablations/dvc.yaml, parameters in ablations/params.yaml (the rest from params.yaml). 28.5 minutes measured
 # on 2 CPU cores; it reuses the default run's dcr and baseline evaluations (and runs the default pipeline first if
 # that is not up to date). Prints the verdict on claim 4.
 ablations: setup
