@@ -145,7 +145,7 @@ def run_notebook(notebook, output, parameters: dict | None = None, quiet: float 
         relay.start()
         try:
             papermill.execute_notebook(str(notebook), str(target), parameters=parameters or {}, progress_bar=False,
-                                       config=Config({"KernelManager": {"transport": "ipc"}}))
+                                       config=Config({"KernelManager": {"transport": "ipc", "ip": f"{tmp}/kernel"}}))  # sockets of our own: several ranks share a cwd
         finally:
             relay.stop()
             for k, v in saved.items():
