@@ -40,33 +40,36 @@ repro: setup
 results:
 	cp outputs/figures/summary.md docs/results.md
 	cp outputs/figures/pd_plane.png outputs/figures/mmvp_per_category.png outputs/figures/grad_cosines.png outputs/figures/tsne.png docs/
-	@if [[ -f outputs/ablations/summary.md ]]; then set -x; cp outputs/ablations/summary.md docs/ablations.md; \
-	  cp outputs/ablations/pd_plane.png docs/ablations_pd_plane.png; cp outputs/ablations/mmvp_per_category.png docs/ablations_mmvp_per_category.png; fi
+	@if [[ -f ablations/outputs/summary.md ]]; then set -x; cp ablations/outputs/summary.md docs/ablations.md; \
+	  cp ablations/outputs/pd_plane.png docs/ablations_pd_plane.png; cp ablations/outputs/mmvp_per_category.png docs/ablations_mmvp_per_category.png; fi
 
 # The paper's ablations (claim 4: one end-to-end stage; other conditioning tokens than the class token), beside the
 # default run: ablations/dvc.yaml, parameters in ablations/params.yaml (the rest from params.yaml). 28.5 minutes measured
-# on 2 CPU cores; it reuses the default run's dcr and baseline evaluations (and runs the default pipeline first if
-# that is not up to date). Prints the verdict on claim 4.
+# on 2 CPU cores; it reuses the default run's dcr and baseline evaluations (so it brings the default pipeline up to
+# date first). ablations/ is a DVC project of its own (plain `dvc status` at the root speaks of the default pipeline
+# only): `dvc --cd ablations status` asks about it. Prints the verdict on claim 4.
 ablations: setup
-	dvc repro ablations/dvc.yaml
-	@echo; sed -n '/^### Claim 4/,/^Runs:/p' outputs/ablations/summary.md; echo "(all tables: outputs/ablations/summary.md; figures: outputs/ablations/*.png)"
+	dvc repro
+	dvc --cd ablations repro
+	@echo; sed -n '/^### Claim 4/,/^Runs:/p' ablations/outputs/summary.md; echo "(all tables: ablations/outputs/summary.md; figures: ablations/outputs/*.png)"
 
 test: setup
 	bash scripts/test.sh
 
-# The default world's stand-ins, pretrained once (world/dvc.yaml; parameters in world/params.yaml; about 75 minutes on
+# The default world's stand-ins, pretrained once (world/dvc.yaml; parameters in world/params.yaml; about an hour on
 # 2 CPU cores) and shipped: the weights and the report are copied to world/ (tracked by git), checked against
-# world/dvc.lock. `make repro` never runs this; it starts from the shipped world.
+# world/dvc.lock. `make repro` never runs this; it starts from the shipped world. world/ is a DVC project of its own:
+# `dvc --cd world status` asks about it.
 world: setup
-	dvc repro world/dvc.yaml
+	dvc --cd world repro
 	$(BIN)/python -m dcr_nb.pipeline ship-world
 
 # The paper profile on a GPU node (nbs/09_paper.ipynb; parameters in paper/params.yaml): first checks that every
 # input (CLIP weights, Stable Diffusion 2.1 folder, CC3M shards, MMVP-VLM) is here and stops with a list of what
-# is missing, then runs paper/dvc.yaml.
+# is missing, then runs paper/dvc.yaml (paper/ is a DVC project of its own: `dvc --cd paper status` asks about it).
 paper: $(STAMP)
 	$(BIN)/python -m dcr_nb.paper preflight paper/params.yaml
-	dvc repro paper/dvc.yaml
+	dvc --cd paper repro
 
 # One prepared check of the paper profile at real size on a CUDA machine (benchmarks/gpu_check.py; under 5 minutes): step time
 # and peak memory of the straightforward step and of ours per setting, the projected wall time and the `dcr:` keys to use.

@@ -11,7 +11,7 @@ import torch
 
 # %% auto #0
 __all__ = ['ROOT_ENV', 'repo_root', 'root_path', 'seed_everything', 'atomic_write', 'ConfigError', 'StageConfig', 'file_md5',
-           'package_code', 'loaded_code', 'dvc_stage', 'stage_deps', 'stage_inputs', 'undeclared_code',
+           'package_code', 'loaded_code', 'dvc_stage', 'dvc_projects', 'stage_deps', 'stage_inputs', 'undeclared_code',
            'check_declared_code']
 
 # %% ../nbs/00_core.ipynb #c005
@@ -151,8 +151,14 @@ def dvc_stage() -> str | None:
     "The DVC stage this process runs for (`$DVC_STAGE`, set by `dvc repro`, e.g. `stage1@dcr`), or None."
     return os.environ.get("DVC_STAGE") or None
 
+def dvc_projects(root=None) -> dict[str, Path]:
+    "The checkout's DVC projects by pipeline file: the default `dvc.yaml` at the root, and each folder with a DVC project of its own (`world/dvc.yaml`, ...)."
+    root = Path(root or repo_root()).resolve()
+    subs = sorted(p.parent.parent for p in root.glob("*/.dvc/config") if (p.parent.parent / "dvc.yaml").exists())
+    return {"dvc.yaml": root, **{f"{s.name}/dvc.yaml": s for s in subs}}
+
 def _collect(addressing: str, root=None):
-    "The DVC repository at `root` and its stage `addressing` (relative to the root, as `dvc repro` run there names it)."
+    "The DVC project at `root` (default `$DVC_ROOT`) and its stage `addressing` (as `dvc repro` run there names it)."
     import contextlib
     from dvc.repo import Repo
     root = Path(root or os.environ.get("DVC_ROOT") or repo_root())
@@ -165,22 +171,23 @@ def _collect(addressing: str, root=None):
     return repo, stages[0]
 
 def stage_deps(addressing: str, root=None) -> list[str]:
-    "The paths a DVC stage lists as `deps` (params files excluded), relative to the repository root."
+    "The paths a DVC stage lists as `deps` (params files excluded), relative to the checkout's root."
     repo, st = _collect(addressing, root)
     from dvc.dependency.param import ParamsDependency
-    try: return [os.path.relpath(d.fs_path, repo.root_dir) for d in st.deps if not isinstance(d, ParamsDependency)]
+    try: return [os.path.relpath(d.fs_path, repo_root(repo.root_dir)) for d in st.deps if not isinstance(d, ParamsDependency)]
     finally: repo.close()
 
 def stage_inputs(addressing: str | None = None, root=None) -> dict:
-    "Every input DVC declares for a stage, hashed now as DVC hashes it: `{'stage', 'deps': {path: md5}, 'params': {file: values}}`."
+    "Every input DVC declares for a stage, hashed now as DVC hashes it: `{'stage', 'deps': {path: md5}, 'params': {file: values}}`, paths from the checkout's root."
     addressing = addressing or dvc_stage()
     if not addressing: raise ConfigError("stage_inputs: no stage named and $DVC_STAGE is not set (not running under `dvc repro`)")
     repo, st = _collect(addressing, root)
     from dvc.dependency.param import ParamsDependency
     deps, params = {}, {}
     try:
+        checkout = repo_root(repo.root_dir)
         for d in st.deps:
-            path = os.path.relpath(d.fs_path, repo.root_dir)
+            path = os.path.relpath(d.fs_path, checkout)
             if isinstance(d, ParamsDependency): params[path] = d.get_hash().value; continue
             if not os.path.exists(d.fs_path): raise ConfigError(f"stage {addressing}: its dependency {path} is missing")
             deps[path] = d.get_hash().value
@@ -192,11 +199,11 @@ def undeclared_code(addressing: str | None = None, root=None) -> list[str]:
     "Problems with the `dcr_nb` code this process ran, for stage `addressing`: modules it does not declare, or loaded from elsewhere."
     addressing = addressing or dvc_stage()
     if not addressing: raise ConfigError("undeclared_code: no stage named and $DVC_STAGE is not set")
-    root = Path(root or os.environ.get("DVC_ROOT") or repo_root()).resolve()
+    checkout = repo_root(root or os.environ.get("DVC_ROOT") or None).resolve()
     declared, problems = set(stage_deps(addressing, root)), []
     for rel, f in loaded_code().items():
         if rel not in declared: problems.append(f"{rel} is not a dependency of {addressing} in its dvc.yaml")
-        elif f != root / rel: problems.append(f"{rel} was loaded from {f}, not from the repository DVC hashes ({root / rel})")
+        elif f != checkout / rel: problems.append(f"{rel} was loaded from {f}, not from the checkout DVC hashes ({checkout / rel})")
     return problems
 
 def check_declared_code():

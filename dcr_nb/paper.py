@@ -293,8 +293,8 @@ class PaperStageConfig(DCRStageConfig):
     clip: str = "openai"                              # open_clip pretrained tag (local caches) or checkpoint file
     denoiser: str = "paper/inputs/stable-diffusion-2-1"     # local diffusers Stable Diffusion folder
     data: str = "paper/inputs/cc3m/{00000..00331}.tar"        # webdataset shards
-    out: str = "outputs/paper/stage1/dcr"
-    train_dir: str = "outputs/paper/train/stage1/dcr"
+    out: str = "paper/outputs/stage1/dcr"
+    train_dir: str = "paper/outputs/train/stage1/dcr"
     cache_dir: str = ""                               # Hugging Face hub cache for tags ("" = the default)
 
 def file_id(path) -> str:
@@ -356,7 +356,7 @@ class PaperEvaluateConfig(StageConfig):
     n_features: int = 2000                     # features kept for the t-SNE figure
     batch_size: int = 64
     seed: int = 0                              # k-means seed
-    out: str = "outputs/paper/evaluate/baseline"
+    out: str = "paper/outputs/evaluate/baseline"
 
 def run_paper_evaluate(cfg: PaperEvaluateConfig) -> dict:
     "Evaluate; writes `<out>/metrics.json`, `mmvp_statements.csv` and (with D-Ability) `features.npz`; returns the metrics."
@@ -385,7 +385,12 @@ def read_inputs(params: str = PAPER_PARAMS) -> PaperInputs:
     import yaml
     p = root_path(params)
     if not p.is_file(): raise ConfigError(f"no params file at {p}")
-    return PaperInputs.from_dict((yaml.safe_load(p.read_text()) or {}).get("inputs", {}))
+    cfg = PaperInputs.from_dict((yaml.safe_load(p.read_text()) or {}).get("inputs", {}))
+    # paper/dvc.yaml declares these folders as dependencies from its own DVC project in paper/, as ../<path>: an absolute path cannot be
+    bad = [f"inputs.{k} is absolute ({v}); write it from the checkout's root, as {os.path.relpath(v, root_path('.'))}, or link the folder into paper/inputs/"
+           for k in ("sd", "mmvp") if (v := getattr(cfg, k)) and Path(v).is_absolute()]
+    if bad: raise ConfigError(f"{p}: " + "; ".join(bad) + " (paper/dvc.yaml tracks it as a dependency, as ../<path> from paper/)")
+    return cfg
 
 def main(argv: list[str] | None = None) -> int:
     "`preflight [params.yaml]`; returns the exit status."

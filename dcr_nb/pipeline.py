@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_pipeline.ipynb #c001
 from __future__ import annotations
-import dataclasses, io, json, time
+import dataclasses, io, json, os, time
 from pathlib import Path
 from typing import Literal
 import numpy as np
@@ -523,13 +523,13 @@ class AblationsConfig(StageConfig):
     seeds: str = "0,1,2"                           # comma-separated seeds: the default pipeline must have run dcr and the baseline on each
     reference: str = "dcr"                         # the default run the ablations are compared with (two stages, class token)
     evaluate: str = "outputs/evaluate"             # the default pipeline's evaluations: baseline-<seed>/, dcr-<seed>/
-    ablation_evaluate: str = "outputs/ablations/evaluate"  # the ablations' evaluations: <ablation>-<seed>/
+    ablation_evaluate: str = "ablations/outputs/evaluate"  # the ablations' evaluations: <ablation>-<seed>/
     p_metric: str = "mmvp/mean"                    # P-Ability in the claim
     d_metric: str = "d/cluster_nmi"                # D-Ability on the P-D plane
     margin_p: float = 1.0                          # a P difference smaller than this (points) counts as none
     n_boot: int = 10000                            # paired-bootstrap resamples of the benchmark pairs
     seed: int = 0                                  # bootstrap seed
-    out: str = "outputs/ablations"
+    out: str = "ablations/outputs"
 
     def __post_init__(self):
         super().__post_init__()
@@ -561,31 +561,31 @@ def run_ablations(cfg: AblationsConfig) -> dict:
 
 # %% ../nbs/08_pipeline.ipynb #c103
 WORLD_SHIPPED = {  # world pipeline output -> shipped copy (tracked by git)
-    "outputs/world/pretrain_clip/clip.safetensors": "world/weights/clip.safetensors",
-    "outputs/world/pretrain_denoiser/unet/config.json": "world/weights/unet/config.json",
-    "outputs/world/pretrain_denoiser/unet/diffusion_pytorch_model.safetensors": "world/weights/unet/diffusion_pytorch_model.safetensors",
-    "outputs/world/pretrain_denoiser/scheduler/scheduler_config.json": "world/weights/scheduler/scheduler_config.json",
-    "outputs/world/pretrain_clip/report.json": "world/report/pretrain_clip.json",
-    "outputs/world/pretrain_denoiser/report.json": "world/report/pretrain_denoiser.json",
-    "outputs/world/pretrain_denoiser/samples.png": "world/report/denoiser_samples.png",
-    "outputs/world/report/report.json": "world/report/report.json",
-    "outputs/world/report/report.md": "world/report/report.md",
-    "outputs/world/report/samples.png": "world/report/samples.png",
+    "world/outputs/pretrain_clip/clip.safetensors": "world/weights/clip.safetensors",
+    "world/outputs/pretrain_denoiser/unet/config.json": "world/weights/unet/config.json",
+    "world/outputs/pretrain_denoiser/unet/diffusion_pytorch_model.safetensors": "world/weights/unet/diffusion_pytorch_model.safetensors",
+    "world/outputs/pretrain_denoiser/scheduler/scheduler_config.json": "world/weights/scheduler/scheduler_config.json",
+    "world/outputs/pretrain_clip/report.json": "world/report/pretrain_clip.json",
+    "world/outputs/pretrain_denoiser/report.json": "world/report/pretrain_denoiser.json",
+    "world/outputs/pretrain_denoiser/samples.png": "world/report/denoiser_samples.png",
+    "world/outputs/report/report.json": "world/report/report.json",
+    "world/outputs/report/report.md": "world/report/report.md",
+    "world/outputs/report/samples.png": "world/report/samples.png",
 }
 WORLD_LOCK = "world/dvc.lock"
 WORLD_MAX_MB = 40  # the shipped weights' size limit, in MiB
 
-def _locked_md5s(lock) -> dict[str, str]:
-    "Every output path a dvc.lock records, with its MD5."
+def _locked_md5s(lock, root) -> dict[str, str]:
+    "Every output path a dvc.lock under `root` records, named from `root` (the world's lock says `../world/outputs/...`), with its MD5."
     import yaml
-    stages = yaml.safe_load(Path(lock).read_text())["stages"]
-    return {o["path"]: o["md5"] for st in stages.values() for o in st.get("outs", []) if "md5" in o}
+    stages, folder = yaml.safe_load(Path(lock).read_text())["stages"], os.path.relpath(Path(lock).parent, root)
+    return {os.path.normpath(os.path.join(folder, o["path"])): o["md5"] for st in stages.values() for o in st.get("outs", []) if "md5" in o}
 
 def shipped_world_problems(root=None, shipped: dict = WORLD_SHIPPED) -> list[str]:
     "What is wrong with the shipped world under `root`: a copy missing, or not the output `world/dvc.lock` records."
     root = Path(root) if root else root_path(".")
     if not (root / WORLD_LOCK).is_file(): return [f"{WORLD_LOCK} is missing: the world pipeline has not been run (`make world`)"]
-    locked, problems = _locked_md5s(root / WORLD_LOCK), []
+    locked, problems = _locked_md5s(root / WORLD_LOCK, root), []
     for src, dst in shipped.items():
         if src not in locked: problems.append(f"{WORLD_LOCK} records no output {src}"); continue
         if not (root / dst).is_file(): problems.append(f"{dst} is missing (git checkout -- world/, or `make world`)"); continue
@@ -599,7 +599,7 @@ def ship_world(root=None, shipped: dict = WORLD_SHIPPED) -> list[Path]:
     import shutil
     root = Path(root) if root else root_path(".")
     if missing := [s for s in shipped if not (root / s).is_file()]:
-        raise ConfigError(f"the world pipeline's outputs are missing: {', '.join(missing)}; run `dvc repro world/dvc.yaml` first")
+        raise ConfigError(f"the world pipeline's outputs are missing: {', '.join(missing)}; run `make world` (`dvc --cd world repro`) first")
     size = sum((root / s).stat().st_size for s in shipped) / 2**20
     if size > WORLD_MAX_MB: raise ConfigError(f"the world weights take {size:.1f} MiB, more than the {WORLD_MAX_MB} MiB that may be shipped")
     out = []

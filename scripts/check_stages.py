@@ -1,14 +1,17 @@
 """Check every stage notebook run by the stage runner (`python -m dcr_nb.stage`, papermill with progress; it is a
-declared dependency) in the dvc.yaml files, and every notebook in nbs/stages/:
+declared dependency) in the dvc.yaml files of every DVC project of the checkout (the default pipeline at the root;
+world/, ablations/ and paper/, each a DVC project of its own, whose commands must start from the root with
+`cd ..`), and every notebook in nbs/stages/:
 exactly one cell tagged `parameters`, no committed outputs or execution counts, and the names the
 stage passes with `papermill -p` are exactly the names its parameters cell assigns. Also: a stage's only
 persistent output (`persist: true`, kept across reruns) is the `train_dir` it passes, the folder whose
 checkpoint the trainer resumes only when the stage's inputs are unchanged (anything else persisted
 would survive a rerun with no such check)."""
-import ast, shlex, sys
+import ast, os, shlex, sys
 from pathlib import Path
 import nbformat
 from dvc.repo import Repo
+from dcr_nb.core import dvc_projects
 
 ROOT = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path(__file__).resolve().parents[1]
 errors = []
@@ -26,30 +29,38 @@ def check_notebook(nb_path: Path) -> list[str]:
 
 stage_nbs = sorted((ROOT / "nbs" / "stages").glob("*.ipynb"))
 names = {p: check_notebook(p) for p in stage_nbs}
-used = set()
-for stage in Repo(str(ROOT)).index.stages:
+used, projects = set(), dvc_projects(ROOT)
+rel = lambda out: os.path.relpath(out.fs_path, ROOT)  # a dep's or output's path from the checkout's root
+stages = [st for project in projects.values() for st in Repo(str(project)).index.stages]
+def label(st):  # prepare, stage1@dcr-0 (the default pipeline); world/dvc.yaml:prepare (another DVC project)
+    f = os.path.relpath(st.dvcfile.path, ROOT)
+    return st.name if f == "dvc.yaml" else f"{f}:{st.name}"
+for stage in stages:
     cmd = " ".join(stage.cmd) if isinstance(stage.cmd, list) else (stage.cmd or "")
     toks = shlex.split(cmd.replace("&&", " && "))
+    if Path(stage.repo.root_dir).resolve() != ROOT and toks[:3] != ["cd", "..", "&&"]:
+        errors.append(f"stage {label(stage)}: its command must start with `cd .. &&` "
+                      "(every stage runs from the checkout's root)"); continue
     if "papermill" in toks:
-        errors.append(f"stage {stage.addressing}: runs papermill directly; run its notebook with `python -m dcr_nb.stage IN OUT -p ...` "
+        errors.append(f"stage {label(stage)}: runs papermill directly; run its notebook with `python -m dcr_nb.stage IN OUT -p ...` "
                       "(progress on the terminal, a kernel on local sockets)"); continue
     if "dcr_nb.stage" not in toks: continue
     i = toks.index("dcr_nb.stage")
-    if "dcr_nb/stage.py" not in [d.def_path for d in stage.deps]:
-        errors.append(f"stage {stage.addressing}: runs dcr_nb.stage but does not declare dcr_nb/stage.py among its deps")
+    if "dcr_nb/stage.py" not in [rel(d) for d in stage.deps]:
+        errors.append(f"stage {label(stage)}: runs dcr_nb.stage but does not declare dcr_nb/stage.py among its deps")
     nb = (ROOT / toks[[j for j in range(i + 1, len(toks)) if toks[j].endswith(".ipynb")][0]]).resolve()
     used.add(nb)
     passed = [toks[j + 1] for j in range(i, len(toks) - 1) if toks[j] in ("-p", "--parameters")]
     tdir = [toks[j + 2] for j in range(i, len(toks) - 2) if toks[j] in ("-p", "--parameters") and toks[j + 1] == "train_dir"]
     for o in stage.outs:
-        if o.persist and (o.def_path.rstrip("/") not in [t.rstrip("/") for t in tdir]):
-            errors.append(f"stage {stage.addressing}: persists {o.def_path}, which is not its train_dir {tdir} "
+        if o.persist and (rel(o) not in [os.path.normpath(t) for t in tdir]):
+            errors.append(f"stage {label(stage)}: persists {rel(o)}, which is not its train_dir {tdir} "
                           "(only a train_dir is checked against the stage's inputs before it is reused)")
-    if nb not in names: errors.append(f"stage {stage.addressing}: {nb} is not a notebook in nbs/stages/"); continue
+    if nb not in names: errors.append(f"stage {label(stage)}: {nb} is not a notebook in nbs/stages/"); continue
     if sorted(passed) != sorted(names[nb]):
-        errors.append(f"stage {stage.addressing}: passes {sorted(passed)} but {nb.name}'s parameters cell defines {sorted(names[nb])}")
+        errors.append(f"stage {label(stage)}: passes {sorted(passed)} but {nb.name}'s parameters cell defines {sorted(names[nb])}")
 for p in stage_nbs:
     if p.resolve() not in used: errors.append(f"{p}: no dvc.yaml stage runs it")
 for e in errors: print("FAIL:", e)
 if errors: sys.exit(1)
-print(f"ok: {len(stage_nbs)} stage notebook(s), {len(used)} run by dvc.yaml, parameters consistent")
+print(f"ok: {len(stage_nbs)} stage notebook(s), {len(used)} run by the {len(stages)} stages of {', '.join(projects)}, parameters consistent")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run the real pipeline (every DVC stage, through papermill) on the smoke profile, in a scratch copy
 # of the working tree, from scratch; then delete the data and one objective-seed chain and rebuild them:
-# every output must be bit-identical. Then the ablations (ablations/dvc.yaml) at toy size. Then the
-# world pipeline (world/dvc.yaml, what `make world` runs) at toy size, twice: identical weights and
-# report, and `ship-world` + `check-world` work on what it built.
+# every output must be bit-identical. Plain `dvc status` / `metrics show` / `plots show` speak of the default
+# pipeline only. Then the ablations (ablations/dvc.yaml, their own DVC project) at toy size. Then the world
+# pipeline (world/dvc.yaml, what `make world` runs) at toy size, twice: identical weights and report, and
+# `ship-world` + `check-world` work on what it built.
 #   bash scripts/smoke_pipeline.sh [WORKDIR] [PROFILE]     (default: a temp dir, profiles/smoke.yaml)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,13 +14,21 @@ export PATH="$ROOT/.venv/bin:$PATH" DCR_NB_ROOT="$WORK" MPLBACKEND=Agg PYTHONHAS
 bash "$ROOT/scripts/scratch_project.sh" "$WORK" "$PROFILE"
 cd "$WORK"
 # Every output file but the executed notebooks and the training logs (papermill and dvclive write timestamps there).
-outputs() { find outputs -type f ! -name '*.ipynb' ! -path 'outputs/train/*' ! -path 'outputs/world/*' -print0 | sort -z | xargs -0 md5sum; }
+outputs() { find outputs -type f ! -name '*.ipynb' ! -path 'outputs/train/*' -print0 | sort -z | xargs -0 md5sum; }
 rm -rf outputs
 start=$(date +%s)
 dvc repro --quiet --no-run-cache > repro.run1.log 2>&1 || { tail -40 repro.run1.log; echo "FAIL: dvc repro in $WORK"; exit 1; }
 echo "smoke run: dvc repro from scratch took $(( $(date +%s) - start )) s ($(dvc stage list | wc -l) stages)"
 dvc status --quiet dvc.yaml || { echo "FAIL: dvc status is not clean after repro"; exit 1; }
 grep -q '"verdict"' outputs/figures/comparison.json || { echo "FAIL: comparison.json has no verdicts"; exit 1; }
+# What a newcomer types after `make repro`: world/, ablations/ and paper/ are DVC projects of their own, never built in
+# this copy, and the plain commands at the root must not list their missing outputs.
+[[ "$(dvc status 2>&1)" == "Data and pipelines are up to date." ]] || { dvc status | head -20; echo "FAIL: plain dvc status is not clean after the default run"; exit 1; }
+for cmd in "metrics show" "plots show -o dvc_plots"; do
+  if dvc $cmd 2>&1 | grep -E 'world/|ablations/|paper/|WARNING|ERROR'; then echo "FAIL: dvc $cmd speaks of another pipeline than the default or warns"; exit 1; fi
+done
+[[ $(dvc metrics show 2>&1 | grep -c '^outputs/') -gt 0 ]] || { echo "FAIL: dvc metrics show lists no metrics of the default pipeline"; exit 1; }
+echo "ok: dvc status, dvc metrics show and dvc plots show speak of the default pipeline only"
 # Progress (nbs/00b_stage): every training stage showed its progress on the terminal (relayed by python -m dcr_nb.stage),
 # no kernel warned about TCP without encryption, and the executed notebooks hold a few progress lines, not one per step.
 n_train=$(ls -d outputs/stage1/* outputs/stage2/* | wc -l)
@@ -53,19 +62,19 @@ echo "ok: prepare and the $CHAIN chain rebuilt from scratch bit for bit ($(wc -l
 # the default pipeline up to date (they read its outputs and must not write where its stages look).
 cp "$ROOT/profiles/ablations_smoke.yaml" ablations/params.yaml
 start=$(date +%s)
-dvc repro --quiet --no-run-cache ablations/dvc.yaml > ablations.log 2>&1 || { tail -40 ablations.log; echo "FAIL: dvc repro ablations/dvc.yaml in $WORK"; exit 1; }
-echo "smoke ablations: dvc repro ablations/dvc.yaml took $(( $(date +%s) - start )) s ($(dvc stage list ablations/dvc.yaml | wc -l) stages)"
-dvc status --quiet ablations/dvc.yaml && dvc status --quiet dvc.yaml || { dvc status; echo "FAIL: dvc status is not clean after the ablations"; exit 1; }
-grep -q '"4_ablations"' outputs/ablations/comparison.json || { echo "FAIL: the ablations' comparison.json has no verdict on claim 4"; exit 1; }
+dvc --cd ablations repro --quiet --no-run-cache > ablations.log 2>&1 || { tail -40 ablations.log; echo "FAIL: dvc --cd ablations repro in $WORK"; exit 1; }
+echo "smoke ablations: dvc --cd ablations repro took $(( $(date +%s) - start )) s ($(dvc --cd ablations stage list | wc -l) stages)"
+dvc --cd ablations status --quiet && dvc status --quiet || { dvc status; dvc --cd ablations status; echo "FAIL: dvc status is not clean after the ablations"; exit 1; }
+grep -q '"4_ablations"' ablations/outputs/comparison.json || { echo "FAIL: the ablations' comparison.json has no verdict on claim 4"; exit 1; }
 echo "ok: the ablations ran, judged claim 4, and left the default pipeline up to date"
 
 cp "$ROOT/profiles/world_smoke.yaml" world/params.yaml
-built() { md5sum outputs/world/pretrain_clip/clip.safetensors outputs/world/pretrain_denoiser/unet/* outputs/world/pretrain_denoiser/scheduler/* outputs/world/report/report.json; }
+built() { md5sum world/outputs/pretrain_clip/clip.safetensors world/outputs/pretrain_denoiser/unet/* world/outputs/pretrain_denoiser/scheduler/* world/outputs/report/report.json; }
 for run in 1 2; do
-  rm -rf outputs/world
+  rm -rf world/outputs
   start=$(date +%s)
-  dvc repro --quiet --no-run-cache world/dvc.yaml > "world.run$run.log" 2>&1 || { tail -40 "world.run$run.log"; echo "FAIL: dvc repro world/dvc.yaml (run $run) in $WORK"; exit 1; }
-  echo "smoke world run $run: dvc repro world/dvc.yaml took $(( $(date +%s) - start )) s"
+  dvc --cd world repro --quiet --no-run-cache > "world.run$run.log" 2>&1 || { tail -40 "world.run$run.log"; echo "FAIL: dvc --cd world repro (run $run) in $WORK"; exit 1; }
+  echo "smoke world run $run: dvc --cd world repro took $(( $(date +%s) - start )) s"
   built > "world.run$run"
 done
 if ! diff world.run1 world.run2 >/dev/null; then echo "FAIL: the world differs between two builds from scratch:"; diff world.run1 world.run2; exit 1; fi

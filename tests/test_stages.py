@@ -9,10 +9,12 @@ def run_check(folder: Path):
 def make_project(root: Path, tmp: Path) -> Path:
     proj = tmp / "proj"; (proj / "nbs").mkdir(parents=True)
     shutil.copytree(root / "nbs" / "stages", proj / "nbs" / "stages")
-    for f in ("dvc.yaml", "params.yaml", "paper/dvc.yaml", "paper/params.yaml", "world/dvc.yaml", "world/params.yaml", "ablations/dvc.yaml", "ablations/params.yaml"):
+    for f in ("dvc.yaml", "params.yaml", *(f"{d}/{n}" for d in ("paper", "world", "ablations") for n in ("dvc.yaml", "params.yaml", ".dvc/config"))):
         (proj / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy(root / f, proj / f)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=proj, check=True, env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"},
                    executable=str(Path(sys.executable).parent / "dvc"))
+    for d in ("paper", "world", "ablations"):  # each its own DVC project, as in the repository (no git here)
+        cfg = proj / d / ".dvc" / "config"; cfg.write_text(cfg.read_text().replace("[core]\n", "[core]\n    no_scm = true\n", 1))
     return proj
 
 def test_repository_passes(root):
@@ -36,9 +38,20 @@ def test_detects_a_persistent_output_that_is_not_the_train_dir(root, tmp_path):
     "Only a stage's train_dir may survive a rerun (its checkpoint is checked against the stage's inputs)."
     proj = make_project(root, tmp_path)
     for f, key, other in (("dvc.yaml", "outputs/train/stage1/${key}:", "outputs/cache/stage1/${key}:"),
-                          ("paper/dvc.yaml", "outputs/paper/train/stage1/${key}:", "outputs/paper/cache/stage1/${key}:")):
+                          ("paper/dvc.yaml", "../paper/outputs/train/stage1/${key}:", "../paper/outputs/cache/stage1/${key}:")):
         path = proj / f; text = path.read_text(); assert text.count(key) == 1, (f, key)
         path.write_text(text.replace(key, other))
         r = run_check(proj); assert r.returncode == 1 and "persists" in r.stdout and "not its train_dir" in r.stdout, r.stdout
         path.write_text(text)
     assert run_check(proj).returncode == 0
+
+def test_checks_the_stages_of_every_dvc_project(root, tmp_path):
+    "world/, ablations/ and paper/ are DVC projects of their own: their stages are checked too, and must start from the root."
+    proj = make_project(root, tmp_path)
+    r = run_check(proj); assert r.returncode == 0 and "dvc.yaml, ablations/dvc.yaml, paper/dvc.yaml, world/dvc.yaml" in r.stdout, r.stdout
+    path = proj / "world" / "dvc.yaml"; text = path.read_text()
+    path.write_text(text.replace("-p seed ${prepare.seed}", "-p seed ${prepare.seed} -p sede 1"))
+    r = run_check(proj); assert r.returncode == 1 and "stage world/dvc.yaml:prepare: passes" in r.stdout and "sede" in r.stdout, r.stdout
+    assert text.count("cd .. && mkdir -p ${prepare.out}") == 1
+    path.write_text(text.replace("cd .. && mkdir -p ${prepare.out}", "mkdir -p ${prepare.out}"))
+    r = run_check(proj); assert r.returncode == 1 and "stage world/dvc.yaml:prepare: its command must start with `cd .. &&`" in r.stdout, r.stdout
