@@ -65,11 +65,17 @@ def test_fake_layout_passes_and_each_removed_file_is_named(fake):
 def test_cli_exit_codes(tmp_path, fake):
     import yaml
     env = {**os.environ, "DCR_NB_ROOT": str(ROOT)}
-    (tmp_path / "missing.yaml").write_text(yaml.safe_dump({"inputs": empty_inputs(tmp_path).to_dict()}))
+    dvc_deps = lambda inputs: {k: os.path.relpath(v, ROOT) if k in ("sd", "mmvp") else v for k, v in inputs.to_dict().items()}
+    (tmp_path / "missing.yaml").write_text(yaml.safe_dump({"inputs": dvc_deps(empty_inputs(tmp_path))}))
     r = run_cli("preflight", str(tmp_path / "missing.yaml"), env=env)
     assert r.returncode == 1, r.stderr
-    for p in ("sd21", "cc3m", "MMVP_VLM", "classes"): assert str(tmp_path / p) in r.stderr
-    (tmp_path / "ok.yaml").write_text(yaml.safe_dump({"inputs": fake.to_dict()}))
+    for p in ("cc3m", "classes"): assert str(tmp_path / p) in r.stderr
+    for p in ("sd21", "MMVP_VLM"): assert os.path.relpath(tmp_path / p, ROOT) in r.stderr
+    # paper/dvc.yaml tracks sd and mmvp as dependencies from paper/ (../<path>): absolute paths are refused, naming the relative one
+    (tmp_path / "absolute.yaml").write_text(yaml.safe_dump({"inputs": fake.to_dict()}))
+    r = run_cli("preflight", str(tmp_path / "absolute.yaml"), env=env)
+    assert r.returncode == 1 and f"inputs.sd is absolute ({fake.sd}); write it from the checkout's root, as {os.path.relpath(fake.sd, ROOT)}" in r.stderr, r.stderr
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump({"inputs": dvc_deps(fake)}))
     r = run_cli("preflight", str(tmp_path / "ok.yaml"), env=env)
     assert r.returncode == 0 and r.stdout.startswith("paper inputs ok: ") and len(r.stdout.strip().splitlines()) == 1, (r.stdout, r.stderr)
 
