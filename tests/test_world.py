@@ -78,3 +78,28 @@ def test_sample_recognition_and_table(models, tmp_path):
     assert rows["MMVP-style (blind): Orientation and Direction"].endswith("pass |")
     assert rows["MMVP-style: Texts"].endswith("FAIL |")
     assert "not measured" in rows["denoiser sensitivity: orientation"]
+
+
+def test_world_levers_plain_variant_replaces_scenes_by_neutral_renders():
+    "benchmarks/world_levers.py: `plainF` swaps about F% of the scenes for the same item rendered neutrally, captioned by the world's rule."
+    import importlib.util
+    from pathlib import Path
+    from dcr_nb.data import CLASS_NOUNS, arrays_to_specs, full_caption, neutral_spec, render, render_scenes
+    spec = importlib.util.spec_from_file_location("world_levers", Path(__file__).parents[1] / "benchmarks" / "world_levers.py")
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    images, labels = load_fashion_mnist("train")
+    rates = {"color": 0.8, "count": 0.6}
+    src = render_scenes(images, labels, 400, seed=3, rates=rates)
+    base = m.variant_scenes("base", src, rates, images)
+    assert all(np.array_equal(base[k], src[k]) for k in src)
+    out = m.variant_scenes("plain50", src, rates, images)
+    old, new = arrays_to_specs(src), arrays_to_specs(out)
+    swapped = [i for i, (a, b) in enumerate(zip(old, new)) if a != b]
+    assert 160 <= len(swapped) <= 240, len(swapped)  # about half
+    for i in swapped:
+        assert new[i] == neutral_spec(old[i].item, old[i].label)  # the same garment, neutral
+        assert np.array_equal(out["images"][i], render(new[i], images, 32)) and out["full"][i] == full_caption(new[i])
+        assert CLASS_NOUNS[new[i].label][0] in out["short"][i]  # a short caption always names the class (one item: singular)
+    kept = [i for i in range(400) if i not in set(swapped)]
+    assert all(np.array_equal(out["images"][i], src["images"][i]) and out["short"][i] == src["short"][i] for i in kept)
+    with pytest.raises(SystemExit, match="unknown variant 'wide'"): m.variant_scenes("wide", src, rates, images)
