@@ -12,6 +12,10 @@ does:
   plainF     a fraction F (percent) of them replaced by the same item rendered neutrally (`neutral_spec`), captioned
              by the world's own short-caption rule (`short_caption` at the world's mention rates)
 
+The README's table was measured on 2026-12-03 with a world whose scenes had no neutral renders. That measurement
+led to the prepare parameter `p_neutral` (world/params.yaml: 0.25), so the world's scenes now hold neutral renders
+and `base` means them; plainF swaps a further F% of all scenes.
+
     .venv/bin/python benchmarks/world_levers.py [--steps 600] [--variants base,plain10,plain25] [--out DIR]
 
 Needs the world pipeline's prepared data (`dvc --cd world repro prepare`, 16 s). Prints a table; writes it and the

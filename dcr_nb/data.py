@@ -16,13 +16,13 @@ from .fetch import FASHION_CLASSES, load_fashion_mnist
 
 # %% auto #0
 __all__ = ['MMVP_CATEGORIES', 'CATEGORY_ATTRIBUTE', 'ATTRIBUTES', 'CLASS_NOUNS', 'COLORS', 'GLYPH_CHARS', 'WORDS', 'N_VALUES',
-           'TEXT_RATE', 'PREFIXES', 'POST_ATTRS', 'MENTION_ATTRS', 'MMVP_HEADER', 'MMVP_IMAGES', 'CLASS_PHRASES',
-           'ZERO_SHOT_TEMPLATES', 'IMAGE_EXTS', 'glyph', 'SceneSpec', 'scene_rng', 'sample_spec', 'resize_item',
-           'layout', 'render', 'describe', 'full_caption', 'short_caption', 'specs_to_arrays', 'arrays_to_specs',
-           'render_scenes', 'show_scenes', 'save_npz', 'load_npz', 'benchmark_specs', 'statement', 'write_mmvp',
-           'MMVPFormatError', 'MMVPPair', 'read_mmvp', 'neutral_spec', 'eval_set', 'to_tensor', 'SceneDataset',
-           'load_eval_set', 'load_image', 'SkipLog', 'expand_shards', 'TarShardDataset', 'ImageFolderDataset',
-           'PrepareConfig', 'class_counts', 'scene_summary', 'prepare', 'show_pairs']
+           'TEXT_RATE', 'PREFIXES', 'POST_ATTRS', 'MENTION_ATTRS', 'NEUTRAL_STREAM', 'MMVP_HEADER', 'MMVP_IMAGES',
+           'CLASS_PHRASES', 'ZERO_SHOT_TEMPLATES', 'IMAGE_EXTS', 'glyph', 'SceneSpec', 'scene_rng', 'sample_spec',
+           'resize_item', 'layout', 'render', 'describe', 'full_caption', 'short_caption', 'specs_to_arrays',
+           'arrays_to_specs', 'render_scenes', 'show_scenes', 'save_npz', 'load_npz', 'benchmark_specs', 'statement',
+           'write_mmvp', 'MMVPFormatError', 'MMVPPair', 'read_mmvp', 'neutral_spec', 'eval_set', 'to_tensor',
+           'SceneDataset', 'load_eval_set', 'load_image', 'SkipLog', 'expand_shards', 'TarShardDataset',
+           'ImageFolderDataset', 'PrepareConfig', 'class_counts', 'scene_summary', 'prepare', 'show_pairs']
 
 # %% ../nbs/01_data.ipynb #c007
 MMVP_CATEGORIES = ("Orientation and Direction", "Presence of Specific Features", "State and Condition",
@@ -204,11 +204,17 @@ def arrays_to_specs(d: dict) -> list[SceneSpec]:
     "The `SceneSpec`s stored in the attribute arrays of `d`."
     return [SceneSpec(*map(int, row)) for row in zip(*(d[a] for a in ATTRIBUTES))]
 
-def render_scenes(images, labels, n: int, seed: int = 0, size: int = 32, rates: dict | None = None, start: int = 0) -> dict:
-    "Scenes `start`..`start+n-1`: `images` (n, size, size, 3) uint8, attribute arrays, `short` and `full` captions."
+NEUTRAL_STREAM = 3  # scene_rng stream of the neutral draws (0 training scenes, 1 benchmark, 2 tasks, 10+ world report)
+
+def render_scenes(images, labels, n: int, seed: int = 0, size: int = 32, rates: dict | None = None, start: int = 0,
+                  p_neutral: float = 0.0) -> dict:
+    """Scenes `start`..`start+n-1`: `images` (n, size, size, 3) uint8, attribute arrays, `short` and `full` captions.
+    A fraction `p_neutral` of them show their item alone, large, white, upright and centred (`neutral_spec`), drawn
+    from a stream of their own, so that every other scene is the same as with `p_neutral=0`."""
     out, specs, short = np.empty((n, size, size, 3), np.uint8), [], []
     for k in range(n):
         rng = scene_rng(seed, 0, start + k); spec = sample_spec(rng, labels)
+        if p_neutral and scene_rng(seed, NEUTRAL_STREAM, start + k).random() < p_neutral: spec = neutral_spec(spec.item, spec.label)
         out[k] = render(spec, images, size); specs.append(spec); short.append(short_caption(spec, rates or {}, rng))
     return {"images": out, **specs_to_arrays(specs), "short": np.array(short), "full": np.array(list(map(full_caption, specs)))}
 
@@ -475,10 +481,11 @@ class PrepareConfig(StageConfig):
     p_position: float = 0.3         # ... the position
     p_text: float = 0.3             # ... the text
     p_viewpoint: float = 0.1        # ... the viewpoint
+    p_neutral: float = 0.0          # fraction of scenes showing their item alone, large, white, upright, centred
 
     def __post_init__(self):
         super().__post_init__()
-        bad = [f"p_{k} = {v} is not in [0, 1]" for k, v in self.rates().items() if not 0 <= v <= 1]
+        bad = [f"p_{k} = {v} is not in [0, 1]" for k, v in {**self.rates(), 'neutral': self.p_neutral}.items() if not 0 <= v <= 1]
         bad += [f"{k} = {getattr(self, k)} must be positive" for k in ("n_scenes", "pairs_per_category", "n_probe") if getattr(self, k) < 1]
         if self.image_size < 32 or self.image_size % 16: bad.append(f"image_size = {self.image_size} must be a multiple of 16, at least 32")
         if bad: raise ConfigError("PrepareConfig: " + "; ".join(bad))
@@ -506,7 +513,7 @@ def prepare(cfg: PrepareConfig, out_dir=None, log=print) -> tuple[dict, dict]:
     (tr, ytr), (te, yte) = load_fashion_mnist("train"), load_fashion_mnist("test")
     seconds, t = {}, [time.perf_counter()]
     def lap(name): seconds[name] = time.perf_counter() - t[0]; t[0] = time.perf_counter(); log(f"{name}: {seconds[name]:.1f} s")
-    sc = render_scenes(tr, ytr, cfg.n_scenes, cfg.seed, cfg.image_size, cfg.rates()); lap("render scenes")
+    sc = render_scenes(tr, ytr, cfg.n_scenes, cfg.seed, cfg.image_size, cfg.rates(), p_neutral=cfg.p_neutral); lap("render scenes")
     save_npz(out / "scenes.npz", **sc); lap("write scenes.npz")
     pairs = benchmark_specs(yte, cfg.pairs_per_category, cfg.seed); write_mmvp(out / "mmvp", pairs, te, cfg.image_size); lap("benchmark")
     save_npz(out / "eval_test.npz", **eval_set(te, yte, cfg.image_size))

@@ -52,6 +52,7 @@ def test_prepare_is_byte_identical_and_readable(tmp_path):
 
 def test_config_rejects_bad_values():
     with pytest.raises(ConfigError, match="p_color = -0.1"): PrepareConfig(p_color=-0.1)
+    with pytest.raises(ConfigError, match=r"p_neutral = 1.5 is not in \[0, 1\]"): PrepareConfig(p_neutral=1.5)
     with pytest.raises(ConfigError, match="n_scenes = 0 must be positive"): PrepareConfig(n_scenes=0)
 
 # --- benchmark --------------------------------------------------------------------------------------------------
