@@ -26,7 +26,7 @@ import argparse, json, sys, time
 from pathlib import Path
 import numpy as np
 from dcr_nb.core import root_path
-from dcr_nb.data import arrays_to_specs, full_caption, load_eval_set, load_npz, neutral_spec, render, save_npz, short_caption, specs_to_arrays
+from dcr_nb.data import PrepareConfig, arrays_to_specs, full_caption, load_eval_set, load_npz, neutral_spec, render, save_npz, short_caption, specs_to_arrays
 from dcr_nb.encoder import get_tokenizer
 from dcr_nb.evaluate import evaluate_d_ability
 from dcr_nb.fetch import load_fashion_mnist
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     params = yaml.safe_load(root_path("world/params.yaml").read_text()); prep = root_path(params["prepare"]["out"])
     if not (prep / "scenes.npz").is_file():
         print(f"missing {prep}/scenes.npz: run `dvc --cd world repro prepare` first (16 s)", file=sys.stderr); return 2
-    rates = {k[2:]: v for k, v in params["prepare"].items() if k.startswith("p_")}
+    rates = PrepareConfig.from_dict(params["prepare"]).rates()  # the caption mention rates (not p_neutral)
     src, (images, _) = load_npz(prep / "scenes.npz"), load_fashion_mnist("train")
     out, rows = Path(a.out), {}
     for name in a.variants.split(","):
