@@ -11,22 +11,29 @@ does:
   base       the world's scenes (world/outputs/prepare/scenes.npz), unchanged
   plainF     a fraction F (percent) of them replaced by the same item rendered neutrally (`neutral_spec`), captioned
              by the world's own short-caption rule (`short_caption` at the world's mention rates)
+  vitWxL     the world's scenes, an image tower of width W and L layers (the world's: vit128x4; heads of 32)
+  batchN     the world's scenes, batches of N (the world's: 128)
+  pxS        the same scenes (items, layouts, captions) rendered at S px, and a tower of 8x8 patches of S/8 px
+             (the world's: px32; the neutral test and probe sets are rendered at S px too)
+  stepsN     this variant trains N steps (default: --steps)
+
+Parts combine with "+": `vit256x4+batch256+steps1200`, `px64+steps1200`.
 
 The README's table was measured on 2026-12-03 with a world whose scenes had no neutral renders. That measurement
 led to the prepare parameter `p_neutral` (world/params.yaml: 0.25), so the world's scenes now hold neutral renders
 and `base` means them; plainF swaps a further F% of all scenes.
 
-    .venv/bin/python benchmarks/world_levers.py [--steps 600] [--variants base,plain10,plain25] [--out DIR]
+    .venv/bin/python benchmarks/world_levers.py [--steps 600] [--variants base,vit256x4,batch256] [--out DIR]
 
 Needs the world pipeline's prepared data (`dvc --cd world repro prepare`, 16 s). Prints a table; writes it and the
-numbers to DIR (default /tmp/world_levers). Training took 0.48 s a step on 2 CPU cores (289 s for 600 steps, measured
+numbers to DIR (default /tmp/world_levers), adding to what earlier runs into DIR measured. Training took 0.48 s a step on 2 CPU cores (289 s for 600 steps, measured
 2026-12-03); a whole variant, scenes written to measurements printed, took under 7 minutes.
 """
-import argparse, json, sys, time
+import argparse, json, re, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 from dcr_nb.core import root_path
-from dcr_nb.data import PrepareConfig, arrays_to_specs, full_caption, load_eval_set, load_npz, neutral_spec, render, save_npz, short_caption, specs_to_arrays
+from dcr_nb.data import PrepareConfig, arrays_to_specs, eval_set, full_caption, load_eval_set, load_npz, neutral_spec, render, save_npz, short_caption, specs_to_arrays
 from dcr_nb.encoder import get_tokenizer
 from dcr_nb.evaluate import evaluate_d_ability
 from dcr_nb.fetch import load_fashion_mnist
@@ -34,8 +41,43 @@ from dcr_nb.pipeline import PretrainClipConfig, load_clip, run_pretrain_clip
 from dcr_nb.world import attribute_probe
 import yaml
 
+VARIANT = re.compile(r"base|plain\d+|vit\d+x\d+|batch\d+|steps\d+|px\d+")
+
+def parse_variant(name: str) -> dict:
+    "{'scenes': 'base' or 'plainF', 'tower': (width, layers) or None, 'batch_size', 'steps': N or None, 'size': px}."
+    parts = name.split("+")
+    if bad := [q for q in parts if not VARIANT.fullmatch(q)]:
+        raise SystemExit(f"unknown variant {name!r} (part {bad[0]!r}): parts base, plainF, vitWxL, batchN, stepsN or pxS, joined by '+'")
+    out = {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32}
+    for q in parts:
+        if q.startswith("plain"): out["scenes"] = q
+        elif q.startswith("vit"): out["tower"] = tuple(int(v) for v in q[3:].split("x"))
+        elif q.startswith("batch"): out["batch_size"] = int(q[5:])
+        elif q.startswith("steps"): out["steps"] = int(q[5:])
+        elif q.startswith("px"): out["size"] = int(q[2:])
+    if out["tower"] and (out["tower"][0] % 32 or min(out["tower"]) < 1): raise SystemExit(f"{name!r}: the tower's width must be a positive multiple of 32 (heads of 32)")
+    if 0 in (out["batch_size"], out["steps"]): raise SystemExit(f"{name!r}: batch size and steps must be positive")
+    if out["size"] % 8 or out["size"] < 16: raise SystemExit(f"{name!r}: the scene size must be a multiple of 8, at least 16 (8x8 patches)")
+    return out
+
+def tower_model(width: int, layers: int, size: int = 32, base: str = "dcr-lit-vit") -> str:
+    "Register (once per process) an open_clip config: `base`'s with an image tower of `width`, `layers`, `size` px in 8x8 patches; its name."
+    import open_clip
+    from dcr_nb.encoder import MODEL_CONFIG_DIR, _resolve_text
+    name = f"{base}-{width}x{layers}-{size}px"
+    if name not in open_clip.list_models():
+        cfg = _resolve_text(json.loads((MODEL_CONFIG_DIR / f"{base}.json").read_text()))
+        cfg["vision_cfg"] = {**cfg["vision_cfg"], "width": width, "layers": layers, "image_size": size, "patch_size": size // 8}
+        d = Path(tempfile.mkdtemp(prefix="world_levers_")); (d / f"{name}.json").write_text(json.dumps(cfg)); open_clip.add_model_config(d)
+    return name
+
+def at_size(scenes: dict, images: np.ndarray, size: int) -> dict:
+    "`scenes` with every picture rendered again from its attributes at `size` px (items, layouts and captions kept)."
+    if scenes["images"].shape[1] == size: return scenes
+    return scenes | {"images": np.stack([render(s, images, size) for s in arrays_to_specs(scenes)])}
+
 def variant_scenes(name: str, src: dict, rates: dict, images: np.ndarray, seed: int = 0) -> dict:
-    "The world's scenes as variant `name` (see the module's docstring)."
+    "The world's scenes as scene variant `name`: base or plainF (see the module's docstring)."
     if name == "base": return dict(src)
     if not name.startswith("plain") or not name[5:].isdigit(): raise SystemExit(f"unknown variant {name!r}: base or plainF (F in percent)")
     frac, rng, out = int(name[5:]) / 100, np.random.default_rng(seed), {k: np.array(v) for k, v in src.items()}
@@ -45,39 +87,50 @@ def variant_scenes(name: str, src: dict, rates: dict, images: np.ndarray, seed: 
         out["images"][i] = render(s, images, size); out["short"][i] = short_caption(s, rates, rng); out["full"][i] = full_caption(s)
     return out | specs_to_arrays(specs)
 
-def measure(clip_path: Path, data: Path, model: str, n_scene_probe: int) -> dict:
-    clip, tok = load_clip(model, str(clip_path), "world_levers"), get_tokenizer(model)
+def measure(clip, data: Path, model: str, n_scene_probe: int) -> dict:
+    tok = get_tokenizer(model)
     d, _ = evaluate_d_ability(clip, tok, load_eval_set(data / "eval_test.npz"), load_eval_set(data / "eval_train.npz"), progress=False)
     scenes = attribute_probe(clip, n=n_scene_probe, attributes=("label",))["label"]["accuracy"]
     return {"zero_shot": 100 * d["zero_shot_acc"], "linear_probe": 100 * d["linear_probe_acc"], "class_in_scenes": scenes}
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=600); p.add_argument("--variants", default="base,plain10,plain25")
+    p.add_argument("--steps", type=int, default=600); p.add_argument("--variants", default="base,vit256x4,batch256")
     p.add_argument("--out", default="/tmp/world_levers"); p.add_argument("--scene-probe", type=int, default=4000)
     a = p.parse_args(argv)
+    variants = {name: parse_variant(name) for name in a.variants.split(",")}  # every name checked before any work
     params = yaml.safe_load(root_path("world/params.yaml").read_text()); prep = root_path(params["prepare"]["out"])
     if not (prep / "scenes.npz").is_file():
         print(f"missing {prep}/scenes.npz: run `dvc --cd world repro prepare` first (16 s)", file=sys.stderr); return 2
     rates = PrepareConfig.from_dict(params["prepare"]).rates()  # the caption mention rates (not p_neutral)
     src, (images, _) = load_npz(prep / "scenes.npz"), load_fashion_mnist("train")
-    out, rows = Path(a.out), {}
-    for name in a.variants.split(","):
-        folder = out / name; folder.mkdir(parents=True, exist_ok=True)
-        save_npz(folder / "scenes.npz", **variant_scenes(name, src, rates, images))
-        for f in ("eval_test.npz", "eval_train.npz"):
-            if not (folder / f).exists(): (folder / f).symlink_to(prep / f)
-        cfg = PretrainClipConfig.from_dict({**{k: v for k, v in params["pretrain_clip"].items() if k != "report_n"},
-                                            "steps": a.steps, "warmup_steps": min(params["pretrain_clip"]["warmup_steps"], a.steps // 10),
-                                            "ckpt_every": a.steps, "data": str(folder), "out": str(folder), "train_dir": str(folder / "train")})
+    out, pc = Path(a.out), params["pretrain_clip"]
+    rows = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}  # earlier runs into DIR are kept
+    if rows: print(f"{out}/results.json: keeping {', '.join(rows)} (a variant run again is replaced)", flush=True)
+    for name, v in variants.items():
+        data = out / f"scenes-{v['scenes']}-{v['size']}px"; data.mkdir(parents=True, exist_ok=True)  # scene variants are shared
+        if not (data / "scenes.npz").exists(): save_npz(data / "scenes.npz", **at_size(variant_scenes(v["scenes"], src, rates, images), images, v["size"]))
+        for f, split, n in (("eval_test.npz", "test", None), ("eval_train.npz", "train", params["prepare"]["n_probe"])):
+            if (data / f).exists(): continue
+            if v["size"] == 32: (data / f).symlink_to(prep / f)
+            else: save_npz(data / f, **eval_set(*load_fashion_mnist(split), v["size"], n))
+        steps, folder = v["steps"] or a.steps, out / name
+        cfg = PretrainClipConfig.from_dict({**{k: x for k, x in pc.items() if k != "report_n"},
+                                            "model": tower_model(*(v["tower"] or (128, 4)), v["size"]) if v["tower"] or v["size"] != 32 else pc["model"],
+                                            "batch_size": v["batch_size"] or pc["batch_size"], "steps": steps,
+                                            "warmup_steps": min(pc["warmup_steps"], steps // 10), "ckpt_every": steps,
+                                            "data": str(data), "out": str(folder), "train_dir": str(folder / "train")})
         t0 = time.perf_counter(); path = run_pretrain_clip(cfg); took = time.perf_counter() - t0
-        rows[name] = {**measure(path, folder, cfg.model, a.scene_probe), "train_s": took}
-        print(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[name].items()), flush=True)
-    table = [f"LiT pretraining for {a.steps} steps of batch {params['pretrain_clip']['batch_size']} (the world's: "
-             f"{params['pretrain_clip']['steps']}), measured as the world report does (%):", "",
-             "| variant | zero-shot (neutral test) | linear probe | class in scenes | training s |", "|---|---|---|---|---|"]
-    table += [f"| {n} | {r['zero_shot']:.1f} | {r['linear_probe']:.1f} | {r['class_in_scenes']:.1f} | {r['train_s']:.0f} |" for n, r in rows.items()]
-    print("\n".join(table)); (out / "table.md").write_text("\n".join(table) + "\n"); (out / "results.json").write_text(json.dumps(rows, indent=1))
+        clip = load_clip(cfg.model, str(path), "world_levers")
+        rows[name] = {**measure(clip, data, cfg.model, a.scene_probe), "steps": steps, "batch_size": cfg.batch_size,
+                      "tower_params_M": sum(q.numel() for q in clip.visual.parameters()) / 1e6, "train_s": took}
+        print(f"{name}: " + ", ".join(f"{k} {x:.1f}" for k, x in rows[name].items()), flush=True)
+        (out / "results.json").write_text(json.dumps(rows, indent=1))  # kept as each variant ends: an interrupted run loses one
+    table = [f"LiT pretraining (the world's: {pc['steps']} steps of batch {pc['batch_size']}, vit128x4), measured as the world report does (%):", "",
+             "| variant | steps | batch | tower M params | zero-shot (neutral test) | linear probe | class in scenes | training s |", "|---|---|---|---|---|---|---|---|"]
+    table += [f"| {n} | {r['steps']} | {r['batch_size']} | {r['tower_params_M']:.2f} | {r['zero_shot']:.1f} | {r['linear_probe']:.1f} | "
+              f"{r['class_in_scenes']:.1f} | {r['train_s']:.0f} |" for n, r in rows.items()]
+    print("\n".join(table)); (out / "table.md").write_text("\n".join(table) + "\n")
     return 0
 
 if __name__ == "__main__": sys.exit(main())

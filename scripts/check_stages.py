@@ -6,7 +6,8 @@ exactly one cell tagged `parameters`, no committed outputs or execution counts, 
 stage passes with `papermill -p` are exactly the names its parameters cell assigns. Also: a stage's only
 persistent output (`persist: true`, kept across reruns) is the `train_dir` it passes, the folder whose
 checkpoint the trainer resumes only when the stage's inputs are unchanged (anything else persisted
-would survive a rerun with no such check)."""
+would survive a rerun with no such check). And a stage that declares dcr_nb/encoder.py also declares
+dcr_nb/model_configs, the stand-ins' open_clip architectures, which encoder.py reads when imported."""
 import ast, os, shlex, sys
 from pathlib import Path
 import nbformat
@@ -46,8 +47,12 @@ for stage in stages:
                       "(progress on the terminal, a kernel on local sockets)"); continue
     if "dcr_nb.stage" not in toks: continue
     i = toks.index("dcr_nb.stage")
-    if "dcr_nb/stage.py" not in [rel(d) for d in stage.deps]:
+    dep_paths = [rel(d) for d in stage.deps]
+    if "dcr_nb/stage.py" not in dep_paths:
         errors.append(f"stage {label(stage)}: runs dcr_nb.stage but does not declare dcr_nb/stage.py among its deps")
+    if "dcr_nb/encoder.py" in dep_paths and "dcr_nb/model_configs" not in dep_paths:  # the stand-ins' architectures are data
+        errors.append(f"stage {label(stage)}: declares dcr_nb/encoder.py but not dcr_nb/model_configs, the open_clip configs it "
+                      "builds the stand-ins from (an edited width or depth would not rerun the stage)")
     nb = (ROOT / toks[[j for j in range(i + 1, len(toks)) if toks[j].endswith(".ipynb")][0]]).resolve()
     used.add(nb)
     passed = [toks[j + 1] for j in range(i, len(toks) - 1) if toks[j] in ("-p", "--parameters")]

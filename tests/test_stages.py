@@ -55,3 +55,12 @@ def test_checks_the_stages_of_every_dvc_project(root, tmp_path):
     assert text.count("cd .. && mkdir -p ${prepare.out}") == 1
     path.write_text(text.replace("cd .. && mkdir -p ${prepare.out}", "mkdir -p ${prepare.out}"))
     r = run_check(proj); assert r.returncode == 1 and "stage world/dvc.yaml:prepare: its command must start with `cd .. &&`" in r.stdout, r.stdout
+
+def test_detects_a_stage_that_builds_stand_ins_without_their_configs(root, tmp_path):
+    "A stage declaring dcr_nb/encoder.py must declare dcr_nb/model_configs: else an edited architecture would not rerun it."
+    proj = make_project(root, tmp_path)
+    path = proj / "world" / "dvc.yaml"; text = path.read_text()
+    first = text.index("      - ../dcr_nb/model_configs\n")  # the first stage declaring it: pretrain_clip
+    path.write_text(text[:first] + text[first:].replace("      - ../dcr_nb/model_configs\n", "", 1))
+    r = run_check(proj)
+    assert r.returncode == 1 and "stage world/dvc.yaml:pretrain_clip: declares dcr_nb/encoder.py but not dcr_nb/model_configs" in r.stdout, r.stdout

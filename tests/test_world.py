@@ -103,3 +103,28 @@ def test_world_levers_plain_variant_replaces_scenes_by_neutral_renders():
     kept = [i for i in range(400) if i not in set(swapped)]
     assert all(np.array_equal(out["images"][i], src["images"][i]) and out["short"][i] == src["short"][i] for i in kept)
     with pytest.raises(SystemExit, match="unknown variant 'wide'"): m.variant_scenes("wide", src, rates, images)
+
+
+def test_world_levers_variant_names_set_tower_batch_and_steps():
+    "benchmarks/world_levers.py: variant parts combine with '+'; a bad name stops the run before any training; vitWxL builds that tower."
+    import importlib.util
+    from pathlib import Path
+    from dcr_nb.encoder import create_encoder
+    from dcr_nb.data import arrays_to_specs, render, render_scenes
+    spec = importlib.util.spec_from_file_location("world_levers", Path(__file__).parents[1] / "benchmarks" / "world_levers.py")
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    assert m.parse_variant("base") == {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32}
+    assert m.parse_variant("plain10+vit192x6+batch256+steps1200+px64") == {"scenes": "plain10", "tower": (192, 6), "batch_size": 256, "steps": 1200, "size": 64}
+    for bad, msg in (("wide", "part 'wide'"), ("base+vit100x4", "multiple of 32"), ("batch0", "must be positive"), ("vit128", "part 'vit128'"),
+                     ("px60", "multiple of 8")):
+        with pytest.raises(SystemExit, match=msg): m.parse_variant(bad)
+    with pytest.raises(SystemExit, match="part 'x'"): m.main(["--variants", "base,x", "--out", "/nonexistent/never-written"])
+    clip = create_encoder(m.tower_model(64, 2, 64), random_init=True)
+    assert clip.visual.transformer.width == 64 and len(clip.visual.transformer.resblocks) == 2 and clip.visual.image_size == (64, 64)
+    assert clip.visual.conv1.kernel_size == (8, 8)  # 8x8 patches at any size
+    images, labels = load_fashion_mnist("train")
+    src = render_scenes(images, labels, 20, seed=3, rates={"color": 0.8})
+    big = m.at_size(src, images, 64)
+    assert big["images"].shape == (20, 64, 64, 3) and list(big["short"]) == list(src["short"])
+    assert np.array_equal(big["images"][7], render(arrays_to_specs(src)[7], images, 64))
+    assert clip.text.transformer.config.hidden_size == 384  # the locked MiniLM text tower is kept
