@@ -26,8 +26,9 @@ and `base` means them; plainF swaps a further F% of all scenes.
     .venv/bin/python benchmarks/world_levers.py [--steps 600] [--variants base,vit256x4,batch256] [--out DIR]
 
 Needs the world pipeline's prepared data (`dvc --cd world repro prepare`, 16 s). Prints a table; writes it and the
-numbers to DIR (default /tmp/world_levers), adding to what earlier runs into DIR measured. Training took 0.48 s a step on 2 CPU cores (289 s for 600 steps, measured
-2026-12-03); a whole variant, scenes written to measurements printed, took under 7 minutes.
+numbers to DIR (default /tmp/world_levers), adding to what earlier runs into DIR measured. On 2 CPU cores (measured 2026-12-03): base at 600 steps
+took 389 s; estimated from it and the world's 3,000-step build (1,240 s), about 3 minutes of that encode the short
+captions with MiniLM, once each, and the image tower's step costs about 0.33 s at batch 128; vit256x4 1,157 s, batch256 1,078 s, px64 681 s (plus 2-3 minutes of measuring each).
 """
 import argparse, json, re, sys, tempfile, time
 from pathlib import Path

@@ -128,3 +128,18 @@ def test_world_levers_variant_names_set_tower_batch_and_steps():
     assert big["images"].shape == (20, 64, 64, 3) and list(big["short"]) == list(src["short"])
     assert np.array_equal(big["images"][7], render(arrays_to_specs(src)[7], images, 64))
     assert clip.text.transformer.config.hidden_size == 384  # the locked MiniLM text tower is kept
+
+
+def test_world_samples_sampler_names_and_interval():
+    "benchmarks/world_samples.py: `ddimS[@G]` names a sampler; a bad name stops the run before the world is loaded; Wilson intervals."
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("world_samples", Path(__file__).parents[1] / "benchmarks" / "world_samples.py")
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    assert m.parse_sampler("ddim50") == (50, 1.0) and m.parse_sampler("ddim200@1.5") == (200, 1.5)
+    for bad in ("ddpm50", "ddim0", "ddim50@", "ddim50@x"):
+        with pytest.raises(SystemExit, match="unknown sampler"): m.parse_sampler(bad)
+    with pytest.raises(SystemExit, match="unknown sampler 'x'"): m.main(["--samplers", "ddim50,x", "--out", "/nonexistent/never-written"])
+    lo, hi = m.wilson(37, 256)
+    assert 10.6 < lo < 10.8 and 19.2 < hi < 19.4  # 14.5% of 256: [10.7, 19.3]
+    assert m.wilson(0, 64)[0] == pytest.approx(0, abs=1e-12) and m.wilson(64, 64)[1] == pytest.approx(100)
