@@ -26,14 +26,15 @@ and `base` means them; plainF swaps a further F% of all scenes.
     .venv/bin/python benchmarks/world_levers.py [--steps 600] [--variants base,vit256x4,batch256] [--out DIR]
 
 Needs the world pipeline's prepared data (`dvc --cd world repro prepare`, 16 s). Prints a table; writes it and the
-numbers to DIR (default /tmp/world_levers), adding to what earlier runs into DIR measured. On 2 CPU cores (measured 2026-12-03): base at 600 steps
+numbers to DIR (default /tmp/world_levers), adding to what earlier runs into DIR measured on the same world scenes
+(rows and scene variants made from other scenes, e.g. before a world rebuild, are dropped and remade). On 2 CPU cores (measured 2026-12-03): base at 600 steps
 took 389 s; estimated from it and the world's 3,000-step build (1,240 s), about 3 minutes of that encode the short
 captions with MiniLM, once each, and the image tower's step costs about 0.33 s at batch 128; vit256x4 1,157 s, batch256 1,078 s, px64 681 s (plus 2-3 minutes of measuring each).
 """
-import argparse, json, re, sys, tempfile, time
+import argparse, json, re, shutil, sys, tempfile, time
 from pathlib import Path
 import numpy as np
-from dcr_nb.core import root_path
+from dcr_nb.core import file_md5, root_path
 from dcr_nb.data import PrepareConfig, arrays_to_specs, eval_set, full_caption, load_eval_set, load_npz, neutral_spec, render, save_npz, short_caption, specs_to_arrays
 from dcr_nb.encoder import get_tokenizer
 from dcr_nb.evaluate import evaluate_d_ability
@@ -106,15 +107,22 @@ def main(argv=None) -> int:
     rates = PrepareConfig.from_dict(params["prepare"]).rates()  # the caption mention rates (not p_neutral)
     src, (images, _) = load_npz(prep / "scenes.npz"), load_fashion_mnist("train")
     out, pc = Path(a.out), params["pretrain_clip"]
+    source = file_md5(prep / "scenes.npz")  # what every scene variant and row in DIR was made from
     rows = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}  # earlier runs into DIR are kept
+    if stale := [n for n, r in rows.items() if r.get("source_md5") != source]:
+        print(f"{out}/results.json: dropping {', '.join(stale)}, measured on other world scenes than {prep}/scenes.npz", flush=True)
+        rows = {n: r for n, r in rows.items() if n not in stale}
     if rows: print(f"{out}/results.json: keeping {', '.join(rows)} (a variant run again is replaced)", flush=True)
     for name, v in variants.items():
-        data = out / f"scenes-{v['scenes']}-{v['size']}px"; data.mkdir(parents=True, exist_ok=True)  # scene variants are shared
+        data = out / f"scenes-{v['scenes']}-{v['size']}px"  # scene variants are shared, and remade when the world's scenes change
+        if (data / "source.md5").is_file() and (data / "source.md5").read_text() != source: shutil.rmtree(data)
+        data.mkdir(parents=True, exist_ok=True)
         if not (data / "scenes.npz").exists(): save_npz(data / "scenes.npz", **at_size(variant_scenes(v["scenes"], src, rates, images), images, v["size"]))
         for f, split, n in (("eval_test.npz", "test", None), ("eval_train.npz", "train", params["prepare"]["n_probe"])):
             if (data / f).exists(): continue
             if v["size"] == 32: (data / f).symlink_to(prep / f)
             else: save_npz(data / f, **eval_set(*load_fashion_mnist(split), v["size"], n))
+        (data / "source.md5").write_text(source)
         steps, folder = v["steps"] or a.steps, out / name
         cfg = PretrainClipConfig.from_dict({**{k: x for k, x in pc.items() if k != "report_n"},
                                             "model": tower_model(*(v["tower"] or (128, 4)), v["size"]) if v["tower"] or v["size"] != 32 else pc["model"],
@@ -123,9 +131,9 @@ def main(argv=None) -> int:
                                             "data": str(data), "out": str(folder), "train_dir": str(folder / "train")})
         t0 = time.perf_counter(); path = run_pretrain_clip(cfg); took = time.perf_counter() - t0
         clip = load_clip(cfg.model, str(path), "world_levers")
-        rows[name] = {**measure(clip, data, cfg.model, a.scene_probe), "steps": steps, "batch_size": cfg.batch_size,
+        rows[name] = {**measure(clip, data, cfg.model, a.scene_probe), "source_md5": source, "steps": steps, "batch_size": cfg.batch_size,
                       "tower_params_M": sum(q.numel() for q in clip.visual.parameters()) / 1e6, "train_s": took}
-        print(f"{name}: " + ", ".join(f"{k} {x:.1f}" for k, x in rows[name].items()), flush=True)
+        print(f"{name}: " + ", ".join(f"{k} {x:.1f}" for k, x in rows[name].items() if k != "source_md5"), flush=True)
         (out / "results.json").write_text(json.dumps(rows, indent=1))  # kept as each variant ends: an interrupted run loses one
     table = [f"LiT pretraining (the world's: {pc['steps']} steps of batch {pc['batch_size']}, vit128x4), measured as the world report does (%):", "",
              "| variant | steps | batch | tower M params | zero-shot (neutral test) | linear probe | class in scenes | training s |", "|---|---|---|---|---|---|---|---|"]

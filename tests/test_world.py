@@ -143,3 +143,31 @@ def test_world_samples_sampler_names_and_interval():
     lo, hi = m.wilson(37, 256)
     assert 10.6 < lo < 10.8 and 19.2 < hi < 19.4  # 14.5% of 256: [10.7, 19.3]
     assert m.wilson(0, 64)[0] == pytest.approx(0, abs=1e-12) and m.wilson(64, 64)[1] == pytest.approx(100)
+
+
+def test_world_levers_drops_rows_and_scenes_made_from_other_world_scenes(tmp_path, monkeypatch):
+    "Rerunning world_levers into the same DIR after the world's scenes changed remakes the scene variants and drops the old rows."
+    import importlib.util, yaml
+    from pathlib import Path
+    from dcr_nb.data import load_npz, render_scenes, save_npz
+    spec = importlib.util.spec_from_file_location("world_levers", Path(__file__).parents[1] / "benchmarks" / "world_levers.py")
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    root = Path(__file__).parents[1]; params = yaml.safe_load((root / "world" / "params.yaml").read_text())
+    prep = tmp_path / "prepare"; prep.mkdir(); params["prepare"]["out"] = str(prep)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setattr(m, "root_path", lambda p: tmp_path / "params.yaml" if p == "world/params.yaml" else Path(p))
+    trained = []
+    monkeypatch.setattr(m, "run_pretrain_clip", lambda cfg: trained.append(load_npz(Path(cfg.data) / "scenes.npz")["short"][0]) or "clip")
+    monkeypatch.setattr(m, "load_clip", lambda *a: __import__("types").SimpleNamespace(visual=nn.Linear(1, 1)))  # no training or measuring: the bookkeeping only
+    monkeypatch.setattr(m, "measure", lambda *a: {"zero_shot": 0.0, "linear_probe": 0.0, "class_in_scenes": 0.0})
+    images, labels = load_fashion_mnist("train")
+    out = tmp_path / "levers"
+    for e in ("eval_test.npz", "eval_train.npz"): (prep / e).write_bytes(b"")
+    save_npz(prep / "scenes.npz", **render_scenes(images, labels, 5, seed=1, rates={"color": 1.0}))
+    assert m.main(["--variants", "base,batch64", "--out", str(out)]) == 0 and len(trained) == 2
+    first = json.loads((out / "results.json").read_text()); assert set(first) == {"base", "batch64"}
+    save_npz(prep / "scenes.npz", **render_scenes(images, labels, 5, seed=2, rates={"color": 1.0}))  # the world was rebuilt
+    assert m.main(["--variants", "base", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert set(rows) == {"base"} and rows["base"]["source_md5"] != first["base"]["source_md5"]  # batch64 was made from the old scenes
+    assert trained[-1] == load_npz(prep / "scenes.npz")["short"][0] != trained[0]  # trained on the new scenes, not the cached copy
