@@ -5,11 +5,13 @@ and asks a reader (an MLP trained on rendered scenes; 78% on true renders) for t
 the garment where the caption puts it. This script reuses the shipped denoiser (world/weights/) and one reader, and
 measures the same row for several samplers side by side, with more samples for a tighter interval:
 
-    .venv/bin/python benchmarks/world_samples.py [--n 256] [--samplers ddim50,ddim200,ddim50@1.5] [--out DIR]
+    .venv/bin/python benchmarks/world_samples.py [--n 256] [--samplers ddim50,ddim200,ddim50@1.5] [--train 600,1200] [--out DIR]
 
-A sampler is `ddimS` (S DDIM steps) with an optional `@G` (guidance G; default 1, none). Prints a table with 95%
-Wilson intervals; writes it and the numbers to DIR (default /tmp/world_samples). Nothing here trains: if a sampler
-alone reached 50%, the world's report parameters would change, not its weights.
+A sampler is `ddimS` (S DDIM steps) with an optional `@G` (guidance G; default 1, none). `--train N,...` also
+pretrains a denoiser from scratch for N steps each, with the world pipeline's code and parameters otherwise
+(`run_pretrain_denoiser`; needs `dvc --cd world repro prepare`), and samples it with the report's sampler: the
+training-length lever, beside the shipped denoiser's 3,000 steps. Prints a table with 95% Wilson intervals;
+writes it and the numbers to DIR (default /tmp/world_samples).
 """
 import argparse, json, math, re, sys, time
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 from dcr_nb.core import root_path
 from dcr_nb.encoder import create_encoder
 from dcr_nb.fetch import load_fashion_mnist
-from dcr_nb.pipeline import load_standin_diffusion
+from dcr_nb.pipeline import PretrainDenoiserConfig, load_standin_diffusion, run_pretrain_denoiser
 from dcr_nb.world import fit_reader, sample_recognition
 import yaml
 
@@ -37,30 +39,47 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=256); p.add_argument("--samplers", default="ddim50,ddim200,ddim50@1.5")
-    p.add_argument("--out", default="/tmp/world_samples")
+    p.add_argument("--out", default="/tmp/world_samples"); p.add_argument("--train", default="", help="denoiser training steps, e.g. 600,1200")
     a = p.parse_args(argv)
-    samplers = {s: parse_sampler(s) for s in a.samplers.split(",")}  # every name checked before any work
+    samplers = {s: parse_sampler(s) for s in a.samplers.split(",") if s}  # every name checked before any work
+    if not all(x.isdigit() and int(x) > 0 for x in filter(None, a.train.split(","))):
+        raise SystemExit(f"--train {a.train!r}: comma-separated positive step counts, e.g. 600,1200")
+    train_steps = [int(x) for x in filter(None, a.train.split(","))]
     params = yaml.safe_load(root_path("world/params.yaml").read_text()); rep = params["report"]
     weights = root_path("world/weights")
     if not (weights / "clip.safetensors").is_file():
         print(f"missing {weights}/clip.safetensors: the shipped world (git tracks it; `make world` rebuilds it)", file=sys.stderr); return 2
     clip = create_encoder("lit", pretrained=str(weights / "clip.safetensors")).eval()
     d = load_standin_diffusion("lit", clip, str(weights), "make world")
+    prep = root_path(params["prepare"]["out"])
+    if train_steps and not (prep / "scenes.npz").is_file():
+        print(f"missing {prep}/scenes.npz: --train needs the world's scenes, `dvc --cd world repro prepare` (16 s)", file=sys.stderr); return 2
     data = load_fashion_mnist("test"); t0 = time.perf_counter()
     reader = fit_reader(n=rep["n_reader"], seed=rep["seed"]); print(f"reader fitted in {time.perf_counter() - t0:.0f} s", flush=True)
     out, rows = Path(a.out), {}; out.mkdir(parents=True, exist_ok=True)
-    for name, (steps, guidance) in samplers.items():
-        t0 = time.perf_counter()
-        r = sample_recognition(d, a.n, steps, guidance, rep["seed"], reader, data, out / f"{name}.png")
-        rows[name] = {"steps": steps, "guidance": guidance, "n": a.n, "class_%": r["label_%"], "class_ci": wilson(r["label_%"] * a.n / 100, a.n),
-                      "colour_%": r["color_%"], "reference_class_%": r["reference_label_%"], "seconds": time.perf_counter() - t0}
-        print(f"{name}: class {r['label_%']:.1f}, colour {r['color_%']:.1f}, {rows[name]['seconds']:.0f} s", flush=True)
-        (out / "results.json").write_text(json.dumps(rows, indent=1))  # kept as each sampler ends
+    runs = [(name, "shipped", d, steps, guidance) for name, (steps, guidance) in samplers.items()]
+    pd_ = params["pretrain_denoiser"]; report_sampler = (rep["sample_steps"], rep["guidance"])
+    runs += [(f"trained{n}:ddim{report_sampler[0]}", n, None, *report_sampler) for n in train_steps]
+    for name, denoiser, dn, steps, guidance in runs:
+        t0, train_s = time.perf_counter(), 0.0
+        if dn is None:  # a denoiser pretrained here for `denoiser` steps
+            folder = out / f"denoiser{denoiser}"
+            cfg = PretrainDenoiserConfig.from_dict({**{k: x for k, x in pd_.items() if k != "check_n"}, "model": params["pretrain_clip"]["model"],
+                                                    "steps": denoiser, "warmup_steps": min(pd_["warmup_steps"], denoiser // 10),
+                                                    "ckpt_every": denoiser, "data": str(prep), "out": str(folder), "train_dir": str(folder / "train")})
+            dn = run_pretrain_denoiser(cfg); train_s = time.perf_counter() - t0; t0 = time.perf_counter()
+        r = sample_recognition(dn, a.n, steps, guidance, rep["seed"], reader, data, out / f"{name.replace(':', '-')}.png")
+        rows[name] = {"denoiser": denoiser, "steps": steps, "guidance": guidance, "n": a.n, "class_%": r["label_%"],
+                      "class_ci": wilson(r["label_%"] * a.n / 100, a.n), "colour_%": r["color_%"],
+                      "reference_class_%": r["reference_label_%"], "train_s": train_s, "seconds": time.perf_counter() - t0}
+        print(f"{name}: class {r['label_%']:.1f}, colour {r['color_%']:.1f}, sampled in {rows[name]['seconds']:.0f} s", flush=True)
+        (out / "results.json").write_text(json.dumps(rows, indent=1))  # kept as each run ends
     table = [f"Samples from {a.n} held-out full captions (the report's first {rep['n_samples']} among them), read by one reader "
              f"(true renders: {next(iter(rows.values()))['reference_class_%']:.1f}% class):", "",
-             "| sampler | DDIM steps | guidance | class % [95% CI] | colour % | seconds |", "|---|---|---|---|---|---|"]
-    table += [f"| {n} | {r['steps']} | {r['guidance']:g} | {r['class_%']:.1f} [{r['class_ci'][0]:.1f}, {r['class_ci'][1]:.1f}] | "
-              f"{r['colour_%']:.1f} | {r['seconds']:.0f} |" for n, r in rows.items()]
+             "| run | denoiser (training steps) | DDIM steps | guidance | class % [95% CI] | colour % | training s | sampling s |",
+             "|---|---|---|---|---|---|---|---|"]
+    table += [f"| {n} | {r['denoiser']} | {r['steps']} | {r['guidance']:g} | {r['class_%']:.1f} [{r['class_ci'][0]:.1f}, {r['class_ci'][1]:.1f}] | "
+              f"{r['colour_%']:.1f} | {r['train_s']:.0f} | {r['seconds']:.0f} |" for n, r in rows.items()]
     print("\n".join(table)); (out / "table.md").write_text("\n".join(table) + "\n")
     return 0
 
