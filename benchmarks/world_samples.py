@@ -45,12 +45,14 @@ def main(argv=None) -> int:
     if not all(x.isdigit() and int(x) > 0 for x in filter(None, a.train.split(","))):
         raise SystemExit(f"--train {a.train!r}: comma-separated positive step counts, e.g. 600,1200")
     train_steps = [int(x) for x in filter(None, a.train.split(","))]
-    params = yaml.safe_load(root_path("world/params.yaml").read_text()); rep = params["report"]
+    if not samplers and not train_steps: raise SystemExit("nothing to measure: give --samplers, --train or both")
+    if a.n < 1: raise SystemExit(f"--n {a.n}: the number of samples must be >= 1")
+    params = yaml.safe_load(root_path("world/params.yaml").read_text()); rep, model = params["report"], params["pretrain_clip"]["model"]
     weights = root_path("world/weights")
     if not (weights / "clip.safetensors").is_file():
         print(f"missing {weights}/clip.safetensors: the shipped world (git tracks it; `make world` rebuilds it)", file=sys.stderr); return 2
-    clip = create_encoder("lit", pretrained=str(weights / "clip.safetensors")).eval()
-    d = load_standin_diffusion("lit", clip, str(weights), "make world")
+    clip = create_encoder(model, pretrained=str(weights / "clip.safetensors")).eval()
+    d = load_standin_diffusion(model, clip, str(weights), "make world")
     prep = root_path(params["prepare"]["out"])
     if train_steps and not (prep / "scenes.npz").is_file():
         print(f"missing {prep}/scenes.npz: --train needs the world's scenes, `dvc --cd world repro prepare` (16 s)", file=sys.stderr); return 2
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
         t0, train_s = time.perf_counter(), 0.0
         if dn is None:  # a denoiser pretrained here for `denoiser` steps
             folder = out / f"denoiser{denoiser}"
-            cfg = PretrainDenoiserConfig.from_dict({**{k: x for k, x in pd_.items() if k != "check_n"}, "model": params["pretrain_clip"]["model"],
+            cfg = PretrainDenoiserConfig.from_dict({**{k: x for k, x in pd_.items() if k != "check_n"}, "model": model,
                                                     "steps": denoiser, "warmup_steps": min(pd_["warmup_steps"], denoiser // 10),
                                                     "ckpt_every": denoiser, "data": str(prep), "out": str(folder), "train_dir": str(folder / "train")})
             dn = run_pretrain_denoiser(cfg); train_s = time.perf_counter() - t0; t0 = time.perf_counter()

@@ -141,6 +141,8 @@ def test_world_samples_sampler_names_and_interval():
         with pytest.raises(SystemExit, match="unknown sampler"): m.parse_sampler(bad)
     with pytest.raises(SystemExit, match="unknown sampler 'x'"): m.main(["--samplers", "ddim50,x", "--out", "/nonexistent/never-written"])
     with pytest.raises(SystemExit, match="--train '600,x'"): m.main(["--train", "600,x", "--out", "/nonexistent/never-written"])
+    with pytest.raises(SystemExit, match="nothing to measure"): m.main(["--samplers", "", "--out", "/nonexistent/never-written"])
+    with pytest.raises(SystemExit, match="--n 0"): m.main(["--n", "0", "--out", "/nonexistent/never-written"])
     lo, hi = m.wilson(37, 256)
     assert 10.6 < lo < 10.8 and 19.2 < hi < 19.4  # 14.5% of 256: [10.7, 19.3]
     assert m.wilson(0, 64)[0] == pytest.approx(0, abs=1e-12) and m.wilson(64, 64)[1] == pytest.approx(100)
