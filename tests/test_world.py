@@ -23,6 +23,15 @@ def models():
     return clip, tok, standin_diffusion(clip, tok, standin_unet())
 
 
+def bench(name: str):
+    "The benchmark script benchmarks/<name>.py as a module."
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    return m
+
+
 class ConstText(nn.Module):
     "A text side that embeds every text identically."
     def __init__(self): super().__init__(); self.logit_scale = nn.Parameter(torch.tensor(np.log(100.0)))
@@ -82,11 +91,8 @@ def test_sample_recognition_and_table(models, tmp_path):
 
 def test_world_levers_plain_variant_replaces_scenes_by_neutral_renders():
     "benchmarks/world_levers.py: `plainF` swaps about F% of the scenes for the same item rendered neutrally, captioned by the world's rule."
-    import importlib.util
-    from pathlib import Path
     from dcr_nb.data import CLASS_NOUNS, arrays_to_specs, full_caption, neutral_spec, render, render_scenes
-    spec = importlib.util.spec_from_file_location("world_levers", Path(__file__).parents[1] / "benchmarks" / "world_levers.py")
-    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    m = bench("world_levers")
     images, labels = load_fashion_mnist("train")
     rates = {"color": 0.8, "count": 0.6}
     src = render_scenes(images, labels, 400, seed=3, rates=rates)
@@ -107,12 +113,9 @@ def test_world_levers_plain_variant_replaces_scenes_by_neutral_renders():
 
 def test_world_levers_variant_names_set_tower_batch_and_steps():
     "benchmarks/world_levers.py: variant parts combine with '+'; a bad name stops the run before any training; vitWxL builds that tower."
-    import importlib.util
-    from pathlib import Path
     from dcr_nb.encoder import create_encoder
     from dcr_nb.data import arrays_to_specs, render, render_scenes
-    spec = importlib.util.spec_from_file_location("world_levers", Path(__file__).parents[1] / "benchmarks" / "world_levers.py")
-    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    m = bench("world_levers")
     assert m.parse_variant("base") == {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32}
     assert m.parse_variant("plain10+vit192x6+batch256+steps1200+px64") == {"scenes": "plain10", "tower": (192, 6), "batch_size": 256, "steps": 1200, "size": 64}
     for bad, msg in (("wide", "part 'wide'"), ("base+vit100x4", "multiple of 32"), ("batch0", "must be positive"), ("vit128", "part 'vit128'"),
@@ -132,10 +135,7 @@ def test_world_levers_variant_names_set_tower_batch_and_steps():
 
 def test_world_samples_sampler_names_and_interval():
     "benchmarks/world_samples.py: `ddimS[@G]` names a sampler; a bad name stops the run before the world is loaded; Wilson intervals."
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("world_samples", Path(__file__).parents[1] / "benchmarks" / "world_samples.py")
-    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    m = bench("world_samples")
     assert m.parse_sampler("ddim50") == (50, 1.0) and m.parse_sampler("ddim200@1.5") == (200, 1.5)
     for bad in ("ddpm50", "ddim0", "ddim50@", "ddim50@x"):
         with pytest.raises(SystemExit, match="unknown sampler"): m.parse_sampler(bad)
@@ -150,11 +150,10 @@ def test_world_samples_sampler_names_and_interval():
 
 def test_world_levers_drops_rows_and_scenes_made_from_other_world_scenes(tmp_path, monkeypatch):
     "Rerunning world_levers into the same DIR after the world's scenes changed remakes the scene variants and drops the old rows."
-    import importlib.util, yaml
+    import yaml
     from pathlib import Path
     from dcr_nb.data import load_npz, render_scenes, save_npz
-    spec = importlib.util.spec_from_file_location("world_levers", Path(__file__).parents[1] / "benchmarks" / "world_levers.py")
-    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    m = bench("world_levers")
     root = Path(__file__).parents[1]; params = yaml.safe_load((root / "world" / "params.yaml").read_text())
     prep = tmp_path / "prepare"; prep.mkdir(); params["prepare"]["out"] = str(prep)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -174,3 +173,33 @@ def test_world_levers_drops_rows_and_scenes_made_from_other_world_scenes(tmp_pat
     rows = json.loads((out / "results.json").read_text())
     assert set(rows) == {"base"} and rows["base"]["source_md5"] != first["base"]["source_md5"]  # batch64 was made from the old scenes
     assert trained[-1] == load_npz(prep / "scenes.npz")["short"][0] != trained[0]  # trained on the new scenes, not the cached copy
+
+
+def test_world_wording_swaps_one_attribute_for_the_measurement_only():
+    "benchmarks/world_wording.py: `ATTR=P0|P1|...` rephrases captions and statements inside the block only; bad variants stop the run first."
+    from dcr_nb.data import SceneSpec, WORDS, full_caption, statement
+    m = bench("world_wording")
+    attr, phrases = m.parse_words("position=in the left half|in the right half|in the upper half|in the lower half")
+    assert attr == "position" and phrases[:2] == ("in the left half", "in the right half") and phrases[4] == WORDS["position"][4]  # centre kept
+    s, before = SceneSpec(item=0, label=3, position=1), WORDS["position"]
+    with m.words(attr, phrases):
+        assert "in the right half" in full_caption(s) and statement("Positional and Relational Context", s) == "a dress in the right half"
+    assert WORDS["position"] is before and "on the right" in full_caption(s)  # restored
+    for bad, msg in (("position=a|b|c", "needs 4 distinct"), ("position=a|b|c|c", "needs 4 distinct"), ("size=big|", "needs 2 distinct"),
+                     ("where=a|b", "ATTR one of"), ("position", "ATTR one of")):
+        with pytest.raises(SystemExit, match=msg): m.parse_words(bad)
+    with pytest.raises(SystemExit, match="needs 4"): m.main(["--words", "position=a|b", "--out", "/nonexistent/never-written"])
+    with pytest.raises(SystemExit, match="--pairs 0"): m.main(["--pairs", "0", "--out", "/nonexistent/never-written"])
+
+
+def test_world_readers_cnn_learns_and_bad_input_stops_first():
+    "benchmarks/world_readers.py: its CNN learns a class that is only in the shape (not the mean); bad sizes stop the run before any work."
+    m = bench("world_readers")
+    g = torch.Generator().manual_seed(0); x = torch.rand(256, 1, 16, 16, generator=g) * 0.2
+    y = torch.arange(256) % 2; x[y == 1, :, 4:12, 7:9] += 0.8; x[y == 0, :, 7:9, 4:12] += 0.8  # a vertical or a horizontal bar: same mass
+    net = m.fit(x[:192], y[:192], epochs=10, batch_size=32)
+    assert (m.predict(net, x[192:]) == y[192:].numpy()).mean() >= 0.95
+    assert m.cnn(3)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    for argv, msg in ((["--n-train", "5"], "--n-train 5"), (["--epochs", "0"], "--epochs 0"), (["--samples", "-1"], "--samples -1"),
+                      (["--n-probe", "1"], "--n-probe 1")):
+        with pytest.raises(SystemExit, match=msg): m.main(argv + ["--out", "/nonexistent/never-written"])

@@ -1,0 +1,70 @@
+"""Which words let the world's frozen text side tell a benchmark pair apart? (issue 14: the position oracle, 67% against >= 80)
+
+The world report's text-only oracle replaces every benchmark image by the text feature of its scene's full caption
+and scores the statement pairs by the MMVP rule: the ceiling the text side allows. This script rephrases one
+attribute's words (`dcr_nb.data.WORDS`) and measures the oracle again with the shipped CLIP's text side (MiniLM and
+its trained projection), on the world's benchmark pairs, every category (each full caption carries every phrase):
+
+    .venv/bin/python benchmarks/world_wording.py [--words 'position=in the left half|in the right half|in the upper half|in the lower half'] [--pairs 100]
+
+`--words ATTR=P0|P1|...` (repeatable) is one variant: the phrases for the attribute's values in index order (for
+position, the four a training scene can take; the evaluation-only centre keeps its words). The world's current words
+are always measured first. Nothing is written to the library: the words are swapped for the measurement only.
+Prints a table; writes it and the numbers to --out (default /tmp/world_wording).
+"""
+import argparse, contextlib, json, sys, time
+from pathlib import Path
+import yaml
+import dcr_nb.data as data
+from dcr_nb.core import root_path
+
+def parse_words(arg: str) -> tuple[str, tuple[str, ...]]:
+    "(attribute, phrases) of `ATTR=P0|P1|...`, checked against the attribute's values."
+    attr, sep, rest = arg.partition("=")
+    if not sep or attr not in data.WORDS:
+        raise SystemExit(f"--words {arg!r}: ATTR=P0|P1|... with ATTR one of {', '.join(data.WORDS)}")
+    phrases, n = tuple(p.strip() for p in rest.split("|")), data.N_VALUES[attr]
+    if len(phrases) != n or not all(phrases) or len(set(phrases)) != n:
+        raise SystemExit(f"--words {arg!r}: {attr} needs {n} distinct, non-empty phrases separated by '|', got {len(phrases)}")
+    return attr, phrases + data.WORDS[attr][n:]  # position's centre (evaluation only) keeps its words
+
+@contextlib.contextmanager
+def words(attr: str, phrases: tuple[str, ...]):
+    "Use `phrases` for `attr` in every caption and statement inside the block."
+    old = data.WORDS[attr]; data.WORDS[attr] = phrases
+    try: yield
+    finally: data.WORDS[attr] = old
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--words", action="append", default=[], help="ATTR=P0|P1|... (repeatable)")
+    p.add_argument("--pairs", type=int, default=100); p.add_argument("--out", default="/tmp/world_wording")
+    a = p.parse_args(argv)
+    variants = [parse_words(w) for w in a.words]  # every variant checked before any work
+    if a.pairs < 1: raise SystemExit(f"--pairs {a.pairs}: pairs per category must be >= 1")
+    params = yaml.safe_load(root_path("world/params.yaml").read_text())
+    weights = root_path("world/weights/clip.safetensors")
+    if not weights.is_file():
+        print(f"missing {weights}: the shipped world's CLIP (git tracks it; `make world` rebuilds it)", file=sys.stderr); return 2
+    from dcr_nb.encoder import create_encoder, get_tokenizer
+    from dcr_nb.world import benchmark_pairs, text_oracle
+    model = params["pretrain_clip"]["model"]
+    clip, tok = create_encoder(model, pretrained=str(weights)).eval(), get_tokenizer(model)
+    pairs = benchmark_pairs(None, a.pairs, params["prepare"]["seed"])
+    rows = {}
+    for attr, phrases in [(None, None)] + variants:
+        name = "current" if attr is None else f"{attr}: " + " / ".join(phrases[:data.N_VALUES[attr]])
+        t0 = time.perf_counter()
+        with (words(attr, phrases) if attr else contextlib.nullcontext()):
+            r = text_oracle(clip, tok, pairs)
+        rows[name] = {"per_category": r.per_category, "mean": r.mean, "seconds": time.perf_counter() - t0}
+        print(f"{name}: mean {r.mean:.1f}, " + ", ".join(f"{c.split()[0]} {v:.0f}" for c, v in r.per_category.items()), flush=True)
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True); (out / "results.json").write_text(json.dumps(rows, indent=1))
+    cats = list(data.MMVP_CATEGORIES)
+    table = [f"Text-only oracle (%, {a.pairs} pairs per category) with the shipped CLIP's text side, per wording:", "",
+             "| words | " + " | ".join(c.split()[0].lower() for c in cats) + " | mean |", "|---|" + "---|" * (len(cats) + 1)]
+    table += [f"| {n} | " + " | ".join(f"{r['per_category'][c]:.0f}" for c in cats) + f" | {r['mean']:.1f} |" for n, r in rows.items()]
+    print("\n".join(table)); (out / "table.md").write_text("\n".join(table) + "\n")
+    return 0
+
+if __name__ == "__main__": sys.exit(main())
