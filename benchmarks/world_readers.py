@@ -54,10 +54,10 @@ def main(argv=None) -> int:
     p.add_argument("--n-probe", type=int, default=None, help="held-out scenes of the probe (default: the world report's)")
     p.add_argument("--samples", type=int, default=256); p.add_argument("--out", default="/tmp/world_readers")
     a = p.parse_args(argv)
-    for flag, v, lo in (("--n-train", a.n_train, 10), ("--epochs", a.epochs, 1), ("--samples", a.samples, 0), ("--n-probe", a.n_probe or 2, 2)):
-        if v < lo: raise SystemExit(f"{flag} {v}: must be >= {lo}")
+    for flag, v, lo in (("--n-train", a.n_train, 10), ("--epochs", a.epochs, 1), ("--samples", a.samples, 0), ("--n-probe", a.n_probe, 2)):
+        if v is not None and v < lo: raise SystemExit(f"{flag} {v}: must be >= {lo}")
     params = yaml.safe_load(root_path("world/params.yaml").read_text()); rep, model = params["report"], params["pretrain_clip"]["model"]
-    n_probe, seed, weights = a.n_probe or rep["n_probe"], rep["seed"], root_path("world/weights")
+    n_probe, seed, weights = a.n_probe if a.n_probe is not None else rep["n_probe"], rep["seed"], root_path("world/weights")
     if not (weights / "clip.safetensors").is_file():
         print(f"missing {weights}/clip.safetensors: the shipped world (git tracks it; `make world` rebuilds it)", file=sys.stderr); return 2
     from dcr_nb.data import full_caption

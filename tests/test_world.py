@@ -201,5 +201,5 @@ def test_world_readers_cnn_learns_and_bad_input_stops_first():
     assert (m.predict(net, x[192:]) == y[192:].numpy()).mean() >= 0.95
     assert m.cnn(3)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     for argv, msg in ((["--n-train", "5"], "--n-train 5"), (["--epochs", "0"], "--epochs 0"), (["--samples", "-1"], "--samples -1"),
-                      (["--n-probe", "1"], "--n-probe 1")):
+                      (["--n-probe", "1"], "--n-probe 1"), (["--n-probe", "0"], "--n-probe 0")):
         with pytest.raises(SystemExit, match=msg): m.main(argv + ["--out", "/nonexistent/never-written"])
