@@ -78,15 +78,14 @@ def main(argv=None) -> int:
     held = probe[k:]; y = np.array([s.label for s in held])
     keep("scene CNN (supervised)", class_pct=100 * float((predict(m, scenes(render_specs(held, test[0], 32))) == y).mean()),
          n_test=len(held), fit_s=fit_s)
-    for name, kw in (("shipped CLIP, linear probe", dict(pretrained=str(weights / "clip.safetensors"))), ("untrained tower, linear probe", dict(random_init=True))):
-        torch.manual_seed(seed); clip = create_encoder(model, **kw).eval()
+    shipped = create_encoder(model, pretrained=str(weights / "clip.safetensors")).eval(); torch.manual_seed(seed)
+    for name, clip in (("shipped CLIP, linear probe", shipped), ("untrained tower, linear probe", create_encoder(model, random_init=True).eval())):
         keep(name, class_pct=attribute_probe(clip, n_probe, seed, attributes=("label",), data=test)["label"]["accuracy"], n_test=len(held))
     if a.samples:  # the samples row's reader: CNN on the report reader's crops against its MLP
         specs = world_specs(train[1], rep["n_reader"], seed, WORLD_STREAMS["reader"]); t0 = time.perf_counter()
         crop_cnn = fit(crops(render_specs(specs, train[0], 32), specs)[0], torch.tensor([s.label for s in specs]), a.epochs, seed)
         mlp = fit_reader(n=rep["n_reader"], seed=seed); fit_s = time.perf_counter() - t0
-        clip = create_encoder(model, pretrained=str(weights / "clip.safetensors")).eval()
-        d = load_standin_diffusion(model, clip, str(weights), "make world")
+        d = load_standin_diffusion(model, shipped, str(weights), "make world")
         spec_s = world_specs(test[1], a.samples, seed, WORLD_STREAMS["samples"]); caps = [full_caption(s) for s in spec_s]
         t0 = time.perf_counter()
         with torch.no_grad(): gen = torch.cat([sample(d, d.text(caps[b:b + 64]), rep["sample_steps"], rep["guidance"], seed + b)
