@@ -28,4 +28,4 @@ nbdev_test --n_workers 2 --timing
 step "5/6 the real pipeline on the smoke profile: dvc repro from scratch, then the data and one chain rebuilt bit for bit; the ablations; the toy world twice"
 bash scripts/smoke_pipeline.sh
 step "6/6 pytest tests/"
-python -m pytest tests/ -q -p no:cacheprovider ${FAST:+-m "not slow"}
+python -m pytest tests/ -q -p no:cacheprovider --durations=12 ${FAST:+-m "not slow"}
