@@ -14,11 +14,8 @@ import nbformat
 from dvc.repo import Repo
 from dcr_nb.core import dvc_projects
 
-ROOT = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path(__file__).resolve().parents[1]
-errors = []
-
-def check_notebook(nb_path: Path) -> list[str]:
-    "Problems with one stage notebook; returns its parameter names in `names` on success."
+def check_notebook(nb_path: Path, errors: list) -> list[str]:
+    "Appends the problems of one stage notebook to `errors`; returns its parameter names."
     nb = nbformat.read(nb_path, as_version=4)
     params = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(params) != 1: errors.append(f"{nb_path}: {len(params)} cells tagged 'parameters', expected exactly 1")
@@ -28,44 +25,52 @@ def check_notebook(nb_path: Path) -> list[str]:
     if len(params) != 1: return []
     return [t.id for node in ast.parse(params[0].source).body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
 
-stage_nbs = sorted((ROOT / "nbs" / "stages").glob("*.ipynb"))
-names = {p: check_notebook(p) for p in stage_nbs}
-used, projects = set(), dvc_projects(ROOT)
-rel = lambda out: os.path.relpath(out.fs_path, ROOT)  # a dep's or output's path from the checkout's root
-stages = [st for project in projects.values() for st in Repo(str(project)).index.stages]
-def label(st):  # prepare, stage1@dcr-0 (the default pipeline); world/dvc.yaml:prepare (another DVC project)
-    f = os.path.relpath(st.dvcfile.path, ROOT)
-    return st.name if f == "dvc.yaml" else f"{f}:{st.name}"
-for stage in stages:
-    cmd = " ".join(stage.cmd) if isinstance(stage.cmd, list) else (stage.cmd or "")
-    toks = shlex.split(cmd.replace("&&", " && "))
-    if Path(stage.repo.root_dir).resolve() != ROOT and toks[:3] != ["cd", "..", "&&"]:
-        errors.append(f"stage {label(stage)}: its command must start with `cd .. &&` "
-                      "(every stage runs from the checkout's root)"); continue
-    if "papermill" in toks:
-        errors.append(f"stage {label(stage)}: runs papermill directly; run its notebook with `python -m dcr_nb.stage IN OUT -p ...` "
-                      "(progress on the terminal, a kernel on local sockets)"); continue
-    if "dcr_nb.stage" not in toks: continue
-    i = toks.index("dcr_nb.stage")
-    dep_paths = [rel(d) for d in stage.deps]
-    if "dcr_nb/stage.py" not in dep_paths:
-        errors.append(f"stage {label(stage)}: runs dcr_nb.stage but does not declare dcr_nb/stage.py among its deps")
-    if "dcr_nb/encoder.py" in dep_paths and "dcr_nb/model_configs" not in dep_paths:  # the stand-ins' architectures are data
-        errors.append(f"stage {label(stage)}: declares dcr_nb/encoder.py but not dcr_nb/model_configs, the open_clip configs it "
-                      "builds the stand-ins from (an edited width or depth would not rerun the stage)")
-    nb = (ROOT / toks[[j for j in range(i + 1, len(toks)) if toks[j].endswith(".ipynb")][0]]).resolve()
-    used.add(nb)
-    passed = [toks[j + 1] for j in range(i, len(toks) - 1) if toks[j] in ("-p", "--parameters")]
-    tdir = [toks[j + 2] for j in range(i, len(toks) - 2) if toks[j] in ("-p", "--parameters") and toks[j + 1] == "train_dir"]
-    for o in stage.outs:
-        if o.persist and (rel(o) not in [os.path.normpath(t) for t in tdir]):
-            errors.append(f"stage {label(stage)}: persists {rel(o)}, which is not its train_dir {tdir} "
-                          "(only a train_dir is checked against the stage's inputs before it is reused)")
-    if nb not in names: errors.append(f"stage {label(stage)}: {nb} is not a notebook in nbs/stages/"); continue
-    if sorted(passed) != sorted(names[nb]):
-        errors.append(f"stage {label(stage)}: passes {sorted(passed)} but {nb.name}'s parameters cell defines {sorted(names[nb])}")
-for p in stage_nbs:
-    if p.resolve() not in used: errors.append(f"{p}: no dvc.yaml stage runs it")
-for e in errors: print("FAIL:", e)
-if errors: sys.exit(1)
-print(f"ok: {len(stage_nbs)} stage notebook(s), {len(used)} run by the {len(stages)} stages of {', '.join(projects)}, parameters consistent")
+def check(root: Path) -> tuple[list[str], str]:
+    "The problems of the checkout at `root` (empty: none), and the one-line summary printed when there are none."
+    root, errors = Path(root).resolve(), []
+    stage_nbs = sorted((root / "nbs" / "stages").glob("*.ipynb"))
+    names = {p: check_notebook(p, errors) for p in stage_nbs}
+    used, projects = set(), dvc_projects(root)
+    rel = lambda out: os.path.relpath(out.fs_path, root)  # a dep's or output's path from the checkout's root
+    stages = [st for project in projects.values() for st in Repo(str(project)).index.stages]
+    def label(st):  # prepare, stage1@dcr-0 (the default pipeline); world/dvc.yaml:prepare (another DVC project)
+        f = os.path.relpath(st.dvcfile.path, root)
+        return st.name if f == "dvc.yaml" else f"{f}:{st.name}"
+    for stage in stages:
+        cmd = " ".join(stage.cmd) if isinstance(stage.cmd, list) else (stage.cmd or "")
+        toks = shlex.split(cmd.replace("&&", " && "))
+        if Path(stage.repo.root_dir).resolve() != root and toks[:3] != ["cd", "..", "&&"]:
+            errors.append(f"stage {label(stage)}: its command must start with `cd .. &&` "
+                          "(every stage runs from the checkout's root)"); continue
+        if "papermill" in toks:
+            errors.append(f"stage {label(stage)}: runs papermill directly; run its notebook with `python -m dcr_nb.stage IN OUT -p ...` "
+                          "(progress on the terminal, a kernel on local sockets)"); continue
+        if "dcr_nb.stage" not in toks: continue
+        i = toks.index("dcr_nb.stage")
+        dep_paths = [rel(d) for d in stage.deps]
+        if "dcr_nb/stage.py" not in dep_paths:
+            errors.append(f"stage {label(stage)}: runs dcr_nb.stage but does not declare dcr_nb/stage.py among its deps")
+        if "dcr_nb/encoder.py" in dep_paths and "dcr_nb/model_configs" not in dep_paths:  # the stand-ins' architectures are data
+            errors.append(f"stage {label(stage)}: declares dcr_nb/encoder.py but not dcr_nb/model_configs, the open_clip configs it "
+                          "builds the stand-ins from (an edited width or depth would not rerun the stage)")
+        nb = (root / toks[[j for j in range(i + 1, len(toks)) if toks[j].endswith(".ipynb")][0]]).resolve()
+        used.add(nb)
+        passed = [toks[j + 1] for j in range(i, len(toks) - 1) if toks[j] in ("-p", "--parameters")]
+        tdir = [toks[j + 2] for j in range(i, len(toks) - 2) if toks[j] in ("-p", "--parameters") and toks[j + 1] == "train_dir"]
+        for o in stage.outs:
+            if o.persist and (rel(o) not in [os.path.normpath(t) for t in tdir]):
+                errors.append(f"stage {label(stage)}: persists {rel(o)}, which is not its train_dir {tdir} "
+                              "(only a train_dir is checked against the stage's inputs before it is reused)")
+        if nb not in names: errors.append(f"stage {label(stage)}: {nb} is not a notebook in nbs/stages/"); continue
+        if sorted(passed) != sorted(names[nb]):
+            errors.append(f"stage {label(stage)}: passes {sorted(passed)} but {nb.name}'s parameters cell defines {sorted(names[nb])}")
+    for p in stage_nbs:
+        if p.resolve() not in used: errors.append(f"{p}: no dvc.yaml stage runs it")
+    return errors, (f"ok: {len(stage_nbs)} stage notebook(s), {len(used)} run by the {len(stages)} stages of "
+                    f"{', '.join(projects)}, parameters consistent")
+
+if __name__ == "__main__":
+    errors, ok = check(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1])
+    for e in errors: print("FAIL:", e)
+    if errors: sys.exit(1)
+    print(ok)

@@ -10,17 +10,38 @@ def run_stage(nb: str, tmp_path, *params):
     for k, v in params: args += ["-p", k, str(v)]
     return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
-@pytest.mark.parametrize("params, msg", [
+BAD_PARAMS = [
     ((("objective", "simclr"),), "params.yaml: no entry 'simclr' under `objectives`; entries: recon, naive, dcr"),
     ((("batch_size", 1),), "dcr needs batch_size >= 2"),
     ((("lora_r", 16),), "LoRA (lora_r=16) belongs to stage 2"),
     ((("stage", 2), ("lora_r", 4), ("projector", "outputs/nowhere/projector.pt")), "produced by the `stage1@dcr-0` stage"),
     ((("clip", "outputs/nowhere/clip.pt"),), "shipped in git with the world: restore it with `git checkout -- world/weights`"),
     ((("lr", "fast"),), "DCRStageConfig.lr must be float, got str 'fast'"),
-])
-def test_train_dcr_rejects_bad_parameters(tmp_path, params, msg):
+]
+
+def exec_stage(nb: str, *params):
+    "The stage notebook's code cells in this process, as papermill runs them (its parameters injected after the parameters cell)."
+    import nbformat
+    cells = [c for c in nbformat.read(ROOT / "nbs" / "stages" / nb, as_version=4).cells if c.cell_type == "code"]
+    assert "parameters" in cells[0].metadata.get("tags", [])
+    ns = {"__name__": "__main__"}
+    exec(cells[0].source, ns); ns.update(params)
+    for c in cells[1:]: exec(c.source, ns)
+
+def test_train_dcr_rejects_bad_parameters_through_papermill(tmp_path):
+    "One bad parameter through the real path (papermill, a kernel): a non-zero exit with the message, nothing trained."
+    (params, msg), = BAD_PARAMS[:1]
     r = run_stage("train_dcr.ipynb", tmp_path, ("out", str(tmp_path / "o")), ("train_dir", str(tmp_path / "t")), *params)
     assert r.returncode != 0 and msg in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    assert not (tmp_path / "t" / "checkpoint.pt").exists()  # nothing was trained
+
+@pytest.mark.parametrize("params, msg", BAD_PARAMS)
+def test_train_dcr_rejects_bad_parameters(tmp_path, monkeypatch, params, msg):
+    "Each bad parameter, the notebook's cells run in-process (a kernel per case would cost ~10 s): the message, nothing trained."
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(Exception) as e:
+        exec_stage("train_dcr.ipynb", ("out", str(tmp_path / "o")), ("train_dir", str(tmp_path / "t")), *params)
+    assert msg in str(e.value), f"{type(e.value).__name__}: {e.value}"
     assert not (tmp_path / "t" / "checkpoint.pt").exists()  # nothing was trained
 
 @pytest.mark.parametrize("pipeline,objectives", [("dvc.yaml", ("recon", "naive", "dcr")), ("paper/dvc.yaml", ("dcr",))])

@@ -18,15 +18,16 @@ def env(work: Path) -> dict:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DCR_NB_ROOT": str(work),
             "MPLBACKEND": "Agg", "PYTHONHASHSEED": "0", "DVC_NO_ANALYTICS": "1"}
 
-def repro(work: Path, *args) -> str:
-    "`dvc repro STAGE` in the scratch copy; returns its output (and shows it on failure)."
-    r = subprocess.run(["dvc", "repro", "--no-run-cache", *args, STAGE], cwd=work, env=env(work),
+def repro(work: Path, *args, target=STAGE) -> str:
+    "`dvc repro STAGE` (or `target`) in the scratch copy; returns its output (and shows it on failure)."
+    r = subprocess.run(["dvc", "repro", "--no-run-cache", *args, target], cwd=work, env=env(work),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout + r.stderr
 
 def killed_mid_run(work: Path) -> int:
     "Run the stage from scratch and SIGKILL it (DVC, papermill and the kernel) once it has a checkpoint; returns its step."
+    repro(work, "--single-item", target="prepare")  # the input data the params ask for (an earlier test may have changed them)
     shutil.rmtree(work / TRAIN, ignore_errors=True)
     ckpt = work / TRAIN / "checkpoint.pt"
     p = subprocess.Popen(["dvc", "repro", "--no-run-cache", "-f", "-s", STAGE], cwd=work, env=env(work),
@@ -70,6 +71,20 @@ def clean(project):
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=work, check=True)
     return work, ref
 
+def test_finished_then_data_changed_trains_anew(clean):
+    "A finished run, then other input data (other scenes, via the seed of `prepare`): new weights."
+    work, ref = clean
+    repro(work)  # the reference run's inputs: a no-op when this test runs first (pytest keeps file order), as it does
+    assert same(weights(work), ref)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["prepare"]["seed"] = 1
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro(work)
+    rec = run_record(work)
+    assert rec["start_step"] == 0, rec
+    assert "outputs/prepare/scenes.npz" in rec["set_aside"] and f"step {STEPS}" in rec["set_aside"], rec["set_aside"]
+    assert not same(weights(work), ref), "new data must give new weights, not the finished run's"
+
 def test_killed_then_unchanged_resumes_bit_identical(clean):
     work, ref = clean
     step = killed_mid_run(work)
@@ -91,17 +106,3 @@ def test_killed_then_code_changed_starts_over(clean):
     aside = work / TRAIN / "other_inputs"
     assert (aside / "checkpoint.pt").exists() and "dcr_nb/losses.py" in (aside / "why.txt").read_text()
     assert f"set aside {work}/{TRAIN}: its checkpoint (step {step})" in executed(work)
-
-def test_finished_then_data_changed_trains_anew(clean):
-    "A finished run, then other input data (other scenes, via the seed of `prepare`): new weights."
-    work, ref = clean
-    repro(work)  # back to the reference run's inputs (an earlier test may have left another run)
-    assert same(weights(work), ref)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["prepare"]["seed"] = 1
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    repro(work)
-    rec = run_record(work)
-    assert rec["start_step"] == 0, rec
-    assert "outputs/prepare/scenes.npz" in rec["set_aside"] and f"step {STEPS}" in rec["set_aside"], rec["set_aside"]
-    assert not same(weights(work), ref), "new data must give new weights, not the finished run's"

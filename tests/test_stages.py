@@ -1,10 +1,15 @@
 """The stage-notebook check catches what it is meant to catch."""
-import json, shutil, subprocess, sys
+import importlib.util, json, shutil, subprocess, sys, types
 from pathlib import Path
 
-def run_check(folder: Path):
-    return subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "check_stages.py"), str(folder)],
-                          capture_output=True, text=True, timeout=120)
+SCRIPT = Path(__file__).parents[1] / "scripts" / "check_stages.py"
+_spec = importlib.util.spec_from_file_location("check_stages", SCRIPT); check_stages = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(check_stages)
+
+def run_check(folder: Path) -> types.SimpleNamespace:
+    "scripts/check_stages.py on `folder`, in this process (what the script prints, and its exit code)."
+    errors, ok = check_stages.check(folder)
+    return types.SimpleNamespace(returncode=int(bool(errors)), stdout="".join(f"FAIL: {e}\n" for e in errors) or ok + "\n")
 
 def make_project(root: Path, tmp: Path) -> Path:
     proj = tmp / "proj"; (proj / "nbs").mkdir(parents=True)
@@ -18,7 +23,17 @@ def make_project(root: Path, tmp: Path) -> Path:
     return proj
 
 def test_repository_passes(root):
-    r = run_check(root); assert r.returncode == 0, r.stdout + r.stderr
+    "The script itself, as `make test` runs it: exit code 0 and its summary line."
+    r = subprocess.run([sys.executable, str(SCRIPT), str(root)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("ok: ") and "parameters consistent" in r.stdout, r.stdout + r.stderr
+
+def test_script_exits_1_naming_each_problem(root, tmp_path):
+    proj = make_project(root, tmp_path)
+    nb_path = proj / "nbs" / "stages" / "prepare.ipynb"; nb = json.loads(nb_path.read_text())
+    next(c for c in nb["cells"] if c["cell_type"] == "code")["execution_count"] = 3
+    nb_path.write_text(json.dumps(nb))
+    r = subprocess.run([sys.executable, str(SCRIPT), str(proj)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stdout.startswith("FAIL: ") and "has committed outputs or an execution count" in r.stdout, r.stdout + r.stderr
 
 def test_detects_outputs_extra_param_and_two_parameter_cells(root, tmp_path):
     proj = make_project(root, tmp_path)
