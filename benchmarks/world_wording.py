@@ -10,12 +10,18 @@ its trained projection), on the world's benchmark pairs, every category (each fu
 `--words ATTR=P0|P1|...` (repeatable) is one variant: the phrases for the attribute's values in index order (for
 position, the four a training scene can take; the evaluation-only centre keeps its words). The world's current words
 are always measured first. Nothing is written to the library: the words are swapped for the measurement only.
-Prints a table; writes it and the numbers to --out (default /tmp/world_wording).
+
+The same words also condition the denoiser, through MiniLM's per-token states (all 40 positions, as its
+cross-attention reads them). So for each wording the script also measures the conditioning signal of each attribute:
+the relative change of those states when only that attribute of a full caption changes (mean over token positions
+of the per-token L2 change, over the mean per-token norm; averaged over --scenes random scenes). A wording that
+weakens an attribute's signal gives the denoiser less to learn it from.
+Prints two tables; writes them and the numbers to --out (default /tmp/world_wording).
 """
-import argparse, contextlib, json, sys, time
+import argparse, contextlib, dataclasses, json, sys, time
 from pathlib import Path
-import yaml
-import dcr_nb.data as data
+import numpy as np, torch, yaml
+import dcr_nb.data as data, dcr_nb.world as world
 from dcr_nb.core import root_path
 
 def parse_words(arg: str) -> tuple[str, tuple[str, ...]]:
@@ -35,35 +41,58 @@ def words(attr: str, phrases: tuple[str, ...]):
     try: yield
     finally: data.WORDS[attr] = old
 
+SIGNAL_ATTRS = ("position", "orientation", "state", "viewpoint", "count", "color", "size")
+
+@torch.no_grad()
+def conditioning_signal(text, specs, attrs=SIGNAL_ATTRS, seed: int = 0) -> dict[str, float]:
+    "Per attribute: the relative change of `text`'s per-token states (a `TextEncoder`) when only that attribute changes."
+    own, rng, out = text.encode([data.full_caption(s) for s in specs]), np.random.default_rng(seed), {}
+    for attr in attrs:
+        other = [dataclasses.replace(s, **{attr: world.other_value(s, attr, rng)}) for s in specs]
+        diff = (text.encode([data.full_caption(s) for s in other]) - own).norm(dim=-1).mean(1)  # (n,) mean over positions
+        out[attr] = float((diff / own.norm(dim=-1).mean(1)).mean())
+    return out
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--words", action="append", default=[], help="ATTR=P0|P1|... (repeatable)")
     p.add_argument("--pairs", type=int, default=100); p.add_argument("--out", default="/tmp/world_wording")
+    p.add_argument("--scenes", type=int, default=300, help="random scenes for the conditioning signal")
     a = p.parse_args(argv)
     variants = [parse_words(w) for w in a.words]  # every variant checked before any work
     if a.pairs < 1: raise SystemExit(f"--pairs {a.pairs}: pairs per category must be >= 1")
+    if a.scenes < 1: raise SystemExit(f"--scenes {a.scenes}: scenes for the conditioning signal must be >= 1")
     params = yaml.safe_load(root_path("world/params.yaml").read_text())
     weights = root_path("world/weights/clip.safetensors")
     if not weights.is_file():
         print(f"missing {weights}: the shipped world's CLIP (git tracks it; `make world` rebuilds it)", file=sys.stderr); return 2
     from dcr_nb.encoder import create_encoder, get_tokenizer
     from dcr_nb.world import benchmark_pairs, text_oracle
+    from dcr_nb.conditioning import openclip_text
     model = params["pretrain_clip"]["model"]
     clip, tok = create_encoder(model, pretrained=str(weights)).eval(), get_tokenizer(model)
     pairs = benchmark_pairs(None, a.pairs, params["prepare"]["seed"])
+    text = openclip_text(clip, tok)  # what the world's denoiser is conditioned on (its frozen MiniLM, per token)
+    rng = np.random.default_rng(params["prepare"]["seed"])
+    specs = [data.sample_spec(rng, np.repeat(np.arange(10), 100)) for _ in range(a.scenes)]  # captions depend on the label only
     rows = {}
     for attr, phrases in [(None, None)] + variants:
         name = "current" if attr is None else f"{attr}: " + " / ".join(phrases[:data.N_VALUES[attr]])
         t0 = time.perf_counter()
         with (words(attr, phrases) if attr else contextlib.nullcontext()):
-            r = text_oracle(clip, tok, pairs)
-        rows[name] = {"per_category": r.per_category, "mean": r.mean, "seconds": time.perf_counter() - t0}
-        print(f"{name}: mean {r.mean:.1f}, " + ", ".join(f"{c.split()[0]} {v:.0f}" for c, v in r.per_category.items()), flush=True)
+            r, sig = text_oracle(clip, tok, pairs), conditioning_signal(text, specs)
+        rows[name] = {"per_category": r.per_category, "mean": r.mean, "signal": sig, "seconds": time.perf_counter() - t0}
+        print(f"{name}: mean {r.mean:.1f}, " + ", ".join(f"{c.split()[0]} {v:.0f}" for c, v in r.per_category.items())
+              + "; signal " + ", ".join(f"{k} {v:.3f}" for k, v in sig.items()), flush=True)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True); (out / "results.json").write_text(json.dumps(rows, indent=1))
     cats = list(data.MMVP_CATEGORIES)
     table = [f"Text-only oracle (%, {a.pairs} pairs per category) with the shipped CLIP's text side, per wording:", "",
              "| words | " + " | ".join(c.split()[0].lower() for c in cats) + " | mean |", "|---|" + "---|" * (len(cats) + 1)]
     table += [f"| {n} | " + " | ".join(f"{r['per_category'][c]:.0f}" for c in cats) + f" | {r['mean']:.1f} |" for n, r in rows.items()]
+    table += ["", f"Denoiser conditioning signal (relative change of MiniLM's per-token states when one attribute of a full caption "
+              f"changes; mean over {a.scenes} random scenes), per wording:", "",
+              "| words | " + " | ".join(SIGNAL_ATTRS) + " |", "|---|" + "---|" * len(SIGNAL_ATTRS)]
+    table += [f"| {n} | " + " | ".join(f"{r['signal'][k]:.3f}" for k in SIGNAL_ATTRS) + " |" for n, r in rows.items()]
     print("\n".join(table)); (out / "table.md").write_text("\n".join(table) + "\n")
     return 0
 

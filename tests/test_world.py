@@ -1,6 +1,6 @@
 """World instruments: the benchmark's scenes recovered from its folder, the text oracle's known cases, the probe, the
 denoiser sensitivity of a denoiser that ignores its conditioning, sample recognition, and the goal table."""
-import json, logging
+import json, logging, types
 import numpy as np
 import pytest
 import torch
@@ -190,6 +190,26 @@ def test_world_wording_swaps_one_attribute_for_the_measurement_only():
         with pytest.raises(SystemExit, match=msg): m.parse_words(bad)
     with pytest.raises(SystemExit, match="needs 4"): m.main(["--words", "position=a|b", "--out", "/nonexistent/never-written"])
     with pytest.raises(SystemExit, match="--pairs 0"): m.main(["--pairs", "0", "--out", "/nonexistent/never-written"])
+
+
+def test_world_wording_conditioning_signal():
+    "The conditioning signal is 0 for a text side deaf to the words, > 0 where the states read the changed words, and per attribute."
+    import numpy as np
+    from dcr_nb.data import sample_spec
+    m = bench("world_wording")
+    specs = [sample_spec(np.random.default_rng(0), np.repeat(np.arange(10), 10)) for _ in range(20)]
+    deaf = types.SimpleNamespace(encode=lambda caps: torch.ones(len(caps), 4, 3))
+    assert m.conditioning_signal(deaf, specs) == {a: 0.0 for a in m.SIGNAL_ATTRS}
+    def letters(caps):  # (B, 2, 26): counts of each letter, and whether the caption says "upside down"
+        x = torch.zeros(len(caps), 2, 26)
+        for i, c in enumerate(caps):
+            for ch in c:
+                if ch.isalpha() and ch.isascii(): x[i, 0, ord(ch.lower()) - 97] += 1
+            x[i, 1, 0] = 10.0 * ("upside down" in c)
+        return x
+    sig = m.conditioning_signal(types.SimpleNamespace(encode=letters), specs, attrs=("orientation", "position"))
+    assert sig["orientation"] > sig["position"] > 0, sig
+    with pytest.raises(SystemExit, match="--scenes 0"): m.main(["--scenes", "0", "--out", "/nonexistent/never-written"])
 
 
 def test_world_readers_cnn_learns_and_bad_input_stops_first():
