@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     pairs = benchmark_pairs(None, a.pairs, params["prepare"]["seed"])
     text = openclip_text(clip, tok)  # what the world's denoiser is conditioned on (its frozen MiniLM, per token)
     rng = np.random.default_rng(params["prepare"]["seed"])
-    specs = [data.sample_spec(rng, np.repeat(np.arange(10), 100)) for _ in range(a.scenes)]  # captions depend on the label only
+    labels = np.repeat(np.arange(10), 100)  # captions depend on an item's label only, so any items will do
+    specs = [data.sample_spec(rng, labels) for _ in range(a.scenes)]
     rows = {}
     for attr, phrases in [(None, None)] + variants:
         name = "current" if attr is None else f"{attr}: " + " / ".join(phrases[:data.N_VALUES[attr]])

@@ -15,6 +15,13 @@ def fake_checkout(tmp_path) -> Path:
     (tmp_path / "settings.ini").write_text("[DEFAULT]\nlib_name = dcr_nb\n")
     return tmp_path
 
+def load_script(path: str):
+    "The script at `path` (from the repository root, e.g. benchmarks/dcr_step.py) as a module, without running its __main__ block."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    return m
+
 def run_py(code: str, cwd, env_extra=None, drop_root_env=True):
     "Run `python -c code` in a subprocess; returns the CompletedProcess."
     import subprocess

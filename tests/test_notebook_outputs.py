@@ -1,9 +1,10 @@
 """The check that library notebooks carry the outputs of their current code (scripts/execute_nbs.py --check, step 3 of
 the test command) can fail: on a copy of the project, editing a code cell or a module the notebook uses makes it stale,
 and absolute paths, progress bars, timings, huge outputs and a notebook never executed are each reported."""
-import importlib.util, json, shutil
+import json, shutil
 from pathlib import Path
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,8 +14,7 @@ def project(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "dcr_nb", tmp_path / "dcr_nb", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "nbs").mkdir()
     for n in ("00b_stage.ipynb", "06_evaluate.ipynb"): shutil.copy(ROOT / "nbs" / n, tmp_path / "nbs" / n)
-    spec = importlib.util.spec_from_file_location("execute_nbs", ROOT / "scripts" / "execute_nbs.py")
-    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    m = load_script("scripts/execute_nbs.py")
     monkeypatch.setattr(m, "ROOT", tmp_path)
     return m, tmp_path
 

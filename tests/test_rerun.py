@@ -74,7 +74,7 @@ def clean(project):
 def test_finished_then_data_changed_trains_anew(clean):
     "A finished run, then other input data (other scenes, via the seed of `prepare`): new weights."
     work, ref = clean
-    repro(work)  # the reference run's inputs: a no-op when this test runs first (pytest keeps file order), as it does
+    repro(work)  # the reference run's inputs: a no-op when no earlier test changed them (this test runs first)
     assert same(weights(work), ref)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["prepare"]["seed"] = 1

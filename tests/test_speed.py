@@ -1,14 +1,8 @@
 "The fast denoiser options and the benchmark's naive reference step give the plain step's numbers."
-import importlib.util
 import pytest
 import torch
 from dcr_nb.conditioning import standin_unet, denoise_pairs
-
-
-def _bench(root):
-    spec = importlib.util.spec_from_file_location("dcr_step", root / "benchmarks" / "dcr_step.py")
-    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-    return m
+from conftest import load_script
 
 
 @pytest.mark.parametrize("kw,chunk", [({}, None), ({"checkpoint": True}, 5), ({"channels_last": True, "prefix": False}, 4)])
@@ -27,9 +21,9 @@ def test_fast_denoise_matches_plain(kw, chunk):
     torch.testing.assert_close(p, p0, atol=1e-5, rtol=1e-4); torch.testing.assert_close(g, g0, atol=1e-5 * g0.abs().max().item(), rtol=1e-4)
 
 
-def test_benchmark_steps_agree(root, capsys):
+def test_benchmark_steps_agree(capsys):
     "The naive reference step of benchmarks/dcr_step.py and the project's step give the same loss (the check the benchmark prints)."
-    m = _bench(root)
+    m = load_script("benchmarks/dcr_step.py")
     m.check_equal(dict(m.OURS, device="cpu", B=3, chunk=4))
     out = capsys.readouterr().out
     import json
@@ -37,16 +31,10 @@ def test_benchmark_steps_agree(root, capsys):
     assert r["loss_diff"] < 1e-5 and r["grad_rel_diff"] < 1e-4
 
 
-def _negatives(root):
-    spec = importlib.util.spec_from_file_location("negatives", root / "benchmarks" / "negatives.py")
-    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-    return m
-
-
 @pytest.mark.parametrize("ks,msg", [("0", "between 1 and batch_size - 1 = 7"), ("8", "between 1 and batch_size - 1 = 7"),
                                     ("1,x", "comma-separated integers"), ("", "between 1 and")])
-def test_negatives_rejects_bad_k(root, ks, msg):
-    with pytest.raises(SystemExit) as e: _negatives(root).main(["--ks", ks])
+def test_negatives_rejects_bad_k(ks, msg):
+    with pytest.raises(SystemExit) as e: load_script("benchmarks/negatives.py").main(["--ks", ks])
     assert msg in str(e.value)
 
 
@@ -56,7 +44,7 @@ def test_negatives_config_is_the_pipelines(root):
     from pathlib import Path
     p = yaml.safe_load((root / "params.yaml").read_text())
     for s in (1, 2):
-        c = _negatives(root).stage_config(p, s, 3, Path("/tmp/x")).to_dict()
+        c = load_script("benchmarks/negatives.py").stage_config(p, s, 3, Path("/tmp/x")).to_dict()
         st, o, d = p[f"stage{s}"], p["objectives"]["dcr"], p["dcr"] | {"seed": p["seeds"][0]}
         assert c["num_negatives"] == 3 and c["objective"] == "dcr" and c["stage"] == s
         assert (c["steps"], c["lr"], c["batch_size"], c["tau"], c["seed"], c["chunk_size"]) == (st["steps"], st["lr"], st["batch_size"], o["tau"], d["seed"], d["chunk_size"])

@@ -1,10 +1,10 @@
 """The stage-notebook check catches what it is meant to catch."""
-import importlib.util, json, shutil, subprocess, sys, types
+import json, shutil, subprocess, sys, types
 from pathlib import Path
+from conftest import load_script
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "check_stages.py"
-_spec = importlib.util.spec_from_file_location("check_stages", SCRIPT); check_stages = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(check_stages)
+check_stages = load_script("scripts/check_stages.py")
 
 def run_check(folder: Path) -> types.SimpleNamespace:
     "scripts/check_stages.py on `folder`, in this process (what the script prints, and its exit code)."

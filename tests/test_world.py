@@ -3,6 +3,7 @@ denoiser sensitivity of a denoiser that ignores its conditioning, sample recogni
 import json, logging, types
 import numpy as np
 import pytest
+from conftest import load_script
 import torch
 import torch.nn as nn
 from dcr_nb.conditioning import standin_diffusion, standin_unet
@@ -25,11 +26,7 @@ def models():
 
 def bench(name: str):
     "The benchmark script benchmarks/<name>.py as a module."
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
-    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-    return m
+    return load_script(f"benchmarks/{name}.py")
 
 
 class ConstText(nn.Module):
