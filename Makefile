@@ -44,7 +44,7 @@ results:
 	  cp ablations/outputs/pd_plane.png docs/ablations_pd_plane.png; cp ablations/outputs/mmvp_per_category.png docs/ablations_mmvp_per_category.png; fi
 
 # The paper's ablations (claim 4: one end-to-end stage; other conditioning tokens than the class token), beside the
-# default run: ablations/dvc.yaml, parameters in ablations/params.yaml (the rest from params.yaml). 28.5 minutes measured
+# default run: ablations/dvc.yaml, parameters in ablations/params.yaml (the rest from params.yaml). 28 minutes measured
 # on 2 CPU cores; it reuses the default run's dcr and baseline evaluations (so it brings the default pipeline up to
 # date first). ablations/ is a DVC project of its own (plain `dvc status` at the root speaks of the default pipeline
 # only): `dvc --cd ablations status` asks about it. Prints the verdict on claim 4.

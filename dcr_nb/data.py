@@ -47,7 +47,7 @@ WORDS = {  # attribute -> the phrase for each value (index = value)
     "orientation": ("upright", "upside down", "lying sideways"),
     "state": ("fully visible", "partly covered"),
     "feature": ("without a tag", "with a tag"),
-    "position": ("on the left", "on the right", "at the top", "at the bottom", "in the centre"),  # centre: eval only
+    "position": ("leftward", "rightward", "upward", "downward", "in the centre"),  # centre: eval only
     "text": ("with no text",) + tuple(f"next to the {'number' if c.isdigit() else 'letter'} {c}" for c in GLYPH_CHARS),
     "viewpoint": ("seen head-on", "seen at an angle"),
 }
