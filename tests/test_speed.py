@@ -42,9 +42,9 @@ def test_negatives_config_is_the_pipelines(root):
     "The K run's stage config is dvc.yaml's stage<s>@dcr with only num_negatives and the output paths changed."
     import yaml
     from pathlib import Path
-    p = yaml.safe_load((root / "params.yaml").read_text())
+    p, m = yaml.safe_load((root / "params.yaml").read_text()), load_script("benchmarks/negatives.py")
     for s in (1, 2):
-        c = load_script("benchmarks/negatives.py").stage_config(p, s, 3, Path("/tmp/x")).to_dict()
+        c = m.stage_config(p, s, 3, Path("/tmp/x")).to_dict()
         st, o, d = p[f"stage{s}"], p["objectives"]["dcr"], p["dcr"] | {"seed": p["seeds"][0]}
         assert c["num_negatives"] == 3 and c["objective"] == "dcr" and c["stage"] == s
         assert (c["steps"], c["lr"], c["batch_size"], c["tau"], c["seed"], c["chunk_size"]) == (st["steps"], st["lr"], st["batch_size"], o["tau"], d["seed"], d["chunk_size"])

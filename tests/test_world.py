@@ -181,7 +181,7 @@ def test_world_wording_swaps_one_attribute_for_the_measurement_only():
     s, before = SceneSpec(item=0, label=3, position=1), WORDS["position"]
     with m.words(attr, phrases):
         assert "in the right half" in full_caption(s) and statement("Positional and Relational Context", s) == "a dress in the right half"
-    assert WORDS["position"] is before and "rightward" in full_caption(s)  # restored
+    assert WORDS["position"] is before and before[1] in full_caption(s)  # restored
     for bad, msg in (("position=a|b|c", "needs 4 distinct"), ("position=a|b|c|c", "needs 4 distinct"), ("size=big|", "needs 2 distinct"),
                      ("where=a|b", "ATTR one of"), ("position", "ATTR one of")):
         with pytest.raises(SystemExit, match=msg): m.parse_words(bad)
