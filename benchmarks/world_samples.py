@@ -5,17 +5,26 @@ and asks a reader (an MLP trained on rendered scenes; 78% on true renders) for t
 the garment where the caption puts it. This script reuses the shipped denoiser (world/weights/) and one reader, and
 measures the same row for several samplers side by side, with more samples for a tighter interval:
 
-    .venv/bin/python benchmarks/world_samples.py [--n 256] [--samplers ddim50,ddim200,ddim50@1.5] [--train 600,1200] [--out DIR]
+    .venv/bin/python benchmarks/world_samples.py [--n 256] [--samplers ddim50,ddim200,ddim50@1.5] [--train 600,1200:w2+attn16] [--out DIR]
 
-A sampler is `ddimS` (S DDIM steps) with an optional `@G` (guidance G; default 1, none). `--train N,...` also
+A sampler is `ddimS` (S DDIM steps) with an optional `@G` (guidance G; default 1, none). `--train N[:UNET],...` also
 pretrains a denoiser from scratch for N steps each, with the world pipeline's code and parameters otherwise
 (`run_pretrain_denoiser`; needs `dvc --cd world repro prepare`), and samples it with the report's sampler: the
-training-length lever, beside the shipped denoiser's 3,000 steps. Prints a table with 95% Wilson intervals;
-writes it and the numbers to DIR (default /tmp/world_samples).
+training-length lever, beside the shipped denoiser's 3,000 steps. UNET changes the stand-in UNet
+(`conditioning.STANDIN_UNET`: channels 32/64/64, cross-attention only at 8x8, one layer a block), parts joined by "+":
+
+  wK       channels times K (heads too, so a head stays 32 wide)
+  attn16   cross-attention at 16x16 as well as 8x8 (down and up)
+  lpbN     N layers a block
+
+Every denoiser measured also gets its sensitivity to the class word: the world report's per-attribute measure
+(`denoiser_sensitivity`, pooled over t = 100-700, 128 held-out scenes) with the class changed. Prints a table with
+95% Wilson intervals; writes it and the numbers to DIR (default /tmp/world_samples), a row as each run ends.
 """
-import argparse, json, math, re, sys, time
+import argparse, contextlib, json, math, re, sys, time
 from pathlib import Path
 import numpy as np
+from dcr_nb import conditioning, world
 from dcr_nb.core import root_path
 from dcr_nb.encoder import create_encoder
 from dcr_nb.fetch import load_fashion_mnist
@@ -24,6 +33,42 @@ from dcr_nb.world import fit_reader, sample_recognition
 import yaml
 
 SAMPLER = re.compile(r"ddim(\d+)(?:@(\d+(?:\.\d+)?))?")
+UNET_PART = re.compile(r"w([1-9]\d*)|attn16|lpb([1-9]\d*)")
+
+def unet_overrides(name: str) -> dict:
+    "`STANDIN_UNET` overrides for a UNet variant name (parts wK, attn16, lpbN joined by '+'; '' = the world's)."
+    out, base = {}, conditioning.STANDIN_UNET
+    for q in filter(None, name.split("+")):
+        if not (m := UNET_PART.fullmatch(q)): raise SystemExit(f"unknown UNet variant {name!r} (part {q!r}): parts wK, attn16 or lpbN joined by '+'")
+        if q.startswith("w"):
+            k = int(m[1]); out |= {"block_out_channels": tuple(k * c for c in base["block_out_channels"]),
+                                   "attention_head_dim": tuple(k * h for h in base["attention_head_dim"])}
+        elif q == "attn16": out |= {"down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                                    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")}
+        else: out["layers_per_block"] = int(m[2])
+    return out
+
+def parse_train(spec: str) -> list[tuple[int, str]]:
+    "`--train` as [(steps, UNet variant)]: comma-separated N or N:UNET."
+    runs = []
+    for item in filter(None, spec.split(",")):
+        n, _, unet = item.partition(":")
+        if not (n.isdigit() and int(n) > 0): raise SystemExit(f"--train {spec!r}: comma-separated positive step counts, each with an optional :UNET, e.g. 600,1200:w2+attn16")
+        unet_overrides(unet); runs.append((int(n), unet))
+    return runs
+
+@contextlib.contextmanager
+def standin_unet_as(overrides: dict):
+    "`conditioning.STANDIN_UNET` with `overrides` while inside (what `run_pretrain_denoiser` builds a new UNet from)."
+    saved = dict(conditioning.STANDIN_UNET); conditioning.STANDIN_UNET.update(overrides)
+    try: yield
+    finally: conditioning.STANDIN_UNET.clear(); conditioning.STANDIN_UNET.update(saved)
+
+def class_sensitivity(d, n: int = 128, seed: int = 0, data=None) -> dict:
+    "The world report's denoiser sensitivity (pooled over t = 100-700) with the class word changed instead of a benchmark attribute."
+    saved = world.N_VALUES; world.N_VALUES = {**saved, "label": 10}  # `other_value` draws among a training scene's values
+    try: return world.denoiser_sensitivity(d, n, attributes=("label",), seed=seed, data=data)["label"]["pooled"]
+    finally: world.N_VALUES = saved
 
 def parse_sampler(name: str) -> tuple[int, float]:
     "(DDIM steps, guidance) of a sampler name `ddimS` or `ddimS@G`."
@@ -42,9 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="/tmp/world_samples"); p.add_argument("--train", default="", help="denoiser training steps, e.g. 600,1200")
     a = p.parse_args(argv)
     samplers = {s: parse_sampler(s) for s in a.samplers.split(",") if s}  # every name checked before any work
-    if not all(x.isdigit() and int(x) > 0 for x in filter(None, a.train.split(","))):
-        raise SystemExit(f"--train {a.train!r}: comma-separated positive step counts, e.g. 600,1200")
-    train_steps = [int(x) for x in filter(None, a.train.split(","))]
+    train_steps = parse_train(a.train)
     if not samplers and not train_steps: raise SystemExit("nothing to measure: give --samplers, --train or both")
     if a.n < 1: raise SystemExit(f"--n {a.n}: the number of samples must be >= 1")
     params = yaml.safe_load(root_path("world/params.yaml").read_text()); rep, model = params["report"], params["pretrain_clip"]["model"]
@@ -61,27 +104,34 @@ def main(argv=None) -> int:
     out, rows = Path(a.out), {}; out.mkdir(parents=True, exist_ok=True)
     runs = [(name, "shipped", d, steps, guidance) for name, (steps, guidance) in samplers.items()]
     pd_ = params["pretrain_denoiser"]; report_sampler = (rep["sample_steps"], rep["guidance"])
-    runs += [(f"trained{n}:ddim{report_sampler[0]}", n, None, *report_sampler) for n in train_steps]
+    runs += [(f"trained{n}{'-' + u if u else ''}:ddim{report_sampler[0]}", f"{n}{' ' + u if u else ''}", None, *report_sampler) for n, u in train_steps]
+    sensitivity = {}  # denoiser -> its class sensitivity, measured once
     for name, denoiser, dn, steps, guidance in runs:
         t0, train_s = time.perf_counter(), 0.0
-        if dn is None:  # a denoiser pretrained here for `denoiser` steps
-            folder = out / f"denoiser{denoiser}"
+        if dn is None:  # a denoiser pretrained here for `denoiser` steps (and UNet variant)
+            n_steps, _, unet = denoiser.partition(" "); n_steps = int(n_steps)
+            folder = out / f"denoiser{n_steps}{'-' + unet if unet else ''}"
             cfg = PretrainDenoiserConfig.from_dict({**{k: x for k, x in pd_.items() if k != "check_n"}, "model": model,
-                                                    "steps": denoiser, "warmup_steps": min(pd_["warmup_steps"], denoiser // 10),
-                                                    "ckpt_every": denoiser, "data": str(prep), "out": str(folder), "train_dir": str(folder / "train")})
-            dn = run_pretrain_denoiser(cfg); train_s = time.perf_counter() - t0; t0 = time.perf_counter()
+                                                    "steps": n_steps, "warmup_steps": min(pd_["warmup_steps"], n_steps // 10),
+                                                    "ckpt_every": min(n_steps, pd_["ckpt_every"]), "data": str(prep), "out": str(folder), "train_dir": str(folder / "train")})
+            with standin_unet_as(unet_overrides(unet)): dn = run_pretrain_denoiser(cfg)
+            train_s = time.perf_counter() - t0; t0 = time.perf_counter()
+        if denoiser not in sensitivity: sensitivity[denoiser] = class_sensitivity(dn, 128, rep["seed"], data)
         r = sample_recognition(dn, a.n, steps, guidance, rep["seed"], reader, data, out / f"{name.replace(':', '-')}.png")
         rows[name] = {"denoiser": denoiser, "steps": steps, "guidance": guidance, "n": a.n, "class_%": r["label_%"],
                       "class_ci": wilson(r["label_%"] * a.n / 100, a.n), "colour_%": r["color_%"],
+                      "class_sensitivity_%": sensitivity[denoiser]["gain_%"], "class_sensitivity_ci": sensitivity[denoiser]["ci95"],
+                      "unet_params_M": sum(q.numel() for q in dn.unet.parameters()) / 1e6,
                       "reference_class_%": r["reference_label_%"], "train_s": train_s, "seconds": time.perf_counter() - t0}
-        print(f"{name}: class {r['label_%']:.1f}, colour {r['color_%']:.1f}, sampled in {rows[name]['seconds']:.0f} s", flush=True)
+        print(f"{name}: class {r['label_%']:.1f}, colour {r['color_%']:.1f}, class sensitivity {rows[name]['class_sensitivity_%']:.1f}%, "
+              f"sampled in {rows[name]['seconds']:.0f} s", flush=True)
         (out / "results.json").write_text(json.dumps(rows, indent=1))  # kept as each run ends
     table = [f"Samples from {a.n} held-out full captions (the report's first {rep['n_samples']} among them), read by one reader "
              f"(true renders: {next(iter(rows.values()))['reference_class_%']:.1f}% class):", "",
-             "| run | denoiser (training steps) | DDIM steps | guidance | class % [95% CI] | colour % | training s | sampling s |",
-             "|---|---|---|---|---|---|---|---|"]
-    table += [f"| {n} | {r['denoiser']} | {r['steps']} | {r['guidance']:g} | {r['class_%']:.1f} [{r['class_ci'][0]:.1f}, {r['class_ci'][1]:.1f}] | "
-              f"{r['colour_%']:.1f} | {r['train_s']:.0f} | {r['seconds']:.0f} |" for n, r in rows.items()]
+             "| run | denoiser (training steps, UNet) | UNet M params | DDIM steps | guidance | class % [95% CI] | colour % | class sensitivity % | training s | sampling s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    table += [f"| {n} | {r['denoiser']} | {r['unet_params_M']:.2f} | {r['steps']} | {r['guidance']:g} | {r['class_%']:.1f} [{r['class_ci'][0]:.1f}, {r['class_ci'][1]:.1f}] | "
+              f"{r['colour_%']:.1f} | {r['class_sensitivity_%']:.1f} | {r['train_s']:.0f} | {r['seconds']:.0f} |" for n, r in rows.items()]
     print("\n".join(table)); (out / "table.md").write_text("\n".join(table) + "\n")
     return 0
 

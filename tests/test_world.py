@@ -113,15 +113,17 @@ def test_world_levers_variant_names_set_tower_batch_and_steps():
     from dcr_nb.encoder import create_encoder
     from dcr_nb.data import arrays_to_specs, render, render_scenes
     m = bench("world_levers")
-    assert m.parse_variant("base") == {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32}
-    assert m.parse_variant("plain10+vit192x6+batch256+steps1200+px64") == {"scenes": "plain10", "tower": (192, 6), "batch_size": 256, "steps": 1200, "size": 64}
+    assert m.parse_variant("base") == {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32, "patch": None}
+    assert m.parse_variant("plain10+vit192x6+batch256+steps1200+px64+patch4") == {"scenes": "plain10", "tower": (192, 6), "batch_size": 256, "steps": 1200, "size": 64, "patch": 4}
     for bad, msg in (("wide", "part 'wide'"), ("base+vit100x4", "multiple of 32"), ("batch0", "must be positive"), ("vit128", "part 'vit128'"),
-                     ("px60", "multiple of 8")):
+                     ("px60", "multiple of 8"), ("patch3", "must divide the scene size"), ("patch0", "must divide")):
         with pytest.raises(SystemExit, match=msg): m.parse_variant(bad)
     with pytest.raises(SystemExit, match="part 'x'"): m.main(["--variants", "base,x", "--out", "/nonexistent/never-written"])
     clip = create_encoder(m.tower_model(64, 2, 64), random_init=True)
     assert clip.visual.transformer.width == 64 and len(clip.visual.transformer.resblocks) == 2 and clip.visual.image_size == (64, 64)
     assert clip.visual.conv1.kernel_size == (8, 8)  # 8x8 patches at any size
+    fine = create_encoder(m.tower_model(64, 2, 32, patch=2), random_init=True)
+    assert fine.visual.conv1.kernel_size == (2, 2) and fine.visual.positional_embedding.shape[0] == 16 * 16 + 1  # patch2: a 16x16 token grid
     images, labels = load_fashion_mnist("train")
     src = render_scenes(images, labels, 20, seed=3, rates={"color": 0.8})
     big = m.at_size(src, images, 64)
@@ -140,6 +142,18 @@ def test_world_samples_sampler_names_and_interval():
     with pytest.raises(SystemExit, match="--train '600,x'"): m.main(["--train", "600,x", "--out", "/nonexistent/never-written"])
     with pytest.raises(SystemExit, match="nothing to measure"): m.main(["--samplers", "", "--out", "/nonexistent/never-written"])
     with pytest.raises(SystemExit, match="--n 0"): m.main(["--n", "0", "--out", "/nonexistent/never-written"])
+    assert m.parse_train("600,1500:w2+attn16") == [(600, ""), (1500, "w2+attn16")]
+    for bad, msg in (("600:wide", "part 'wide'"), ("0", "positive step counts"), ("600:attn8", "part 'attn8'")):
+        with pytest.raises(SystemExit, match=msg): m.parse_train(bad)
+    o = m.unet_overrides("w2+attn16+lpb2")
+    assert o["block_out_channels"] == (64, 128, 128) and o["attention_head_dim"] == (2, 4, 4) and o["layers_per_block"] == 2
+    assert o["down_block_types"][1] == "CrossAttnDownBlock2D" and o["up_block_types"][1] == "CrossAttnUpBlock2D" and m.unet_overrides("") == {}
+    from dcr_nb import conditioning
+    before = dict(conditioning.STANDIN_UNET)
+    with pytest.raises(RuntimeError, match="inside"), m.standin_unet_as(m.unet_overrides("w2")):
+        assert tuple(conditioning.standin_unet(cross_attention_dim=16).config.block_out_channels) == (64, 128, 128)
+        raise RuntimeError("inside")
+    assert conditioning.STANDIN_UNET == before  # restored, even after an error
     lo, hi = m.wilson(37, 256)
     assert 10.6 < lo < 10.8 and 19.2 < hi < 19.4  # 14.5% of 256: [10.7, 19.3]
     assert m.wilson(0, 64)[0] == pytest.approx(0, abs=1e-12) and m.wilson(64, 64)[1] == pytest.approx(100)
