@@ -234,3 +234,16 @@ def test_world_readers_cnn_learns_and_bad_input_stops_first():
     for argv, msg in ((["--n-train", "5"], "--n-train 5"), (["--epochs", "0"], "--epochs 0"), (["--samples", "-1"], "--samples -1"),
                       (["--n-probe", "1"], "--n-probe 1"), (["--n-probe", "0"], "--n-probe 0")):
         with pytest.raises(SystemExit, match=msg): m.main(argv + ["--out", "/nonexistent/never-written"])
+
+
+def test_world_class_breakdown_and_probe_agree():
+    "benchmarks/world_class.py: per-scene probe predictions score what `linear_probe` scores; by_value splits them per attribute value."
+    from dcr_nb.data import SceneSpec
+    from dcr_nb.evaluate import linear_probe
+    m = bench("world_class")
+    rng = np.random.default_rng(0); y = rng.integers(0, 3, 200); x = rng.normal(size=(200, 8)) + y[:, None]
+    ok = m.probe_predictions(x[:100], y[:100], x[100:]) == y[100:]
+    assert ok.mean() == pytest.approx(linear_probe(x[:100], y[:100], x[100:], y[100:]), abs=1e-12) and 0.5 < ok.mean() < 1
+    specs = [SceneSpec(item=0, label=0, size=i % 2) for i in range(4)]
+    assert m.by_value(np.array([True, False, True, True]), specs, ("size",)) == {"size": {0: [100.0, 2], 1: [50.0, 2]}}
+    with pytest.raises(SystemExit, match="--n 10"): m.main(["--n", "10", "--out", "/nonexistent/never-written"])

@@ -1,0 +1,92 @@
+"""Where does the shipped CLIP lose the class in held-out scenes? (issue 14: class probe 37.1% against >= 60)
+
+The world report's row fits a linear probe on the frozen image features of 2,000 held-out scenes (Fashion-MNIST test
+items) and scores it on 2,000 more. This script asks the questions that decide which lever could move it, with the
+shipped CLIP (world/weights/clip.safetensors) and the report's own scenes and probe (`linear_probe`):
+
+  by attribute   the report's probe, its accuracy on the test scenes split by each attribute's value: is the class
+                 lost in small, covered, several or turned items only, or everywhere?
+  text side      the same probe on the CLIP's text features of the same scenes' full captions: can the space the
+                 image tower is trained to meet tell the classes apart at all?
+  items          the probe on scenes of *train* items (new layouts of items the tower has seen) and on the world's
+                 training scenes themselves (not the neutral ones): is the tower overfitting its items or scenes?
+  probe size     the probe fitted on 2,000 / 8,000 / 18,000 scenes of train items, scored on 2,000 more: how much of
+                 the gap is the report's small probe training set?
+
+    .venv/bin/python benchmarks/world_class.py [--out DIR]
+
+Needs the world's prepared scenes for the last part of "items" (`dvc --cd world repro prepare`, 16 s). About two
+minutes on 2 CPU cores. Prints the tables; writes them and the numbers to DIR (default /tmp/world_class).
+"""
+import argparse, json, sys
+from pathlib import Path
+import numpy as np
+from dcr_nb.core import root_path
+from dcr_nb.data import arrays_to_specs, full_caption, load_npz
+from dcr_nb.encoder import create_encoder, get_tokenizer
+from dcr_nb.evaluate import PROBE_C, PROBE_MAX_ITER, _l2, encode_images, encode_texts, linear_probe
+from dcr_nb.fetch import load_fashion_mnist
+from dcr_nb.world import BENCH_ATTRS, WORLD_STREAMS, render_specs, world_specs
+import yaml
+
+def probe_predictions(train_x, train_y, test_x) -> np.ndarray:
+    "The class each test row gets from a probe fitted as `linear_probe` fits one (main checks the accuracies agree)."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER))
+    return clf.fit(_l2(train_x), np.asarray(train_y)).predict(_l2(test_x))
+
+def by_value(ok: np.ndarray, specs, attrs) -> dict[str, dict[int, list]]:
+    "Per attribute and value: [accuracy %, number of test scenes]."
+    out = {}
+    for a in attrs:
+        v = np.array([getattr(s, a) for s in specs])
+        out[a] = {int(u): [100 * float(ok[v == u].mean()), int((v == u).sum())] for u in np.unique(v)}
+    return out
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="/tmp/world_class"); p.add_argument("--n", type=int, default=4000, help="held-out scenes, half to fit the probe (the report's: 4000)")
+    a = p.parse_args(argv)
+    if a.n < 20: raise SystemExit(f"--n {a.n}: at least 20 held-out scenes (half fit the probe, half score it)")
+    params = yaml.safe_load(root_path("world/params.yaml").read_text()); model = params["pretrain_clip"]["model"]
+    weights, prep = root_path("world/weights/clip.safetensors"), root_path(params["prepare"]["out"]) / "scenes.npz"
+    for f, how in ((weights, "the shipped world (git tracks it; `make world` rebuilds it)"), (prep, "`dvc --cd world repro prepare` (16 s)")):
+        if not f.is_file(): print(f"missing {f}: {how}", file=sys.stderr); return 2
+    clip, tok = create_encoder(model, pretrained=str(weights)).eval(), get_tokenizer(model)
+    n, k, res = a.n, a.n // 2, {}
+    feats = lambda specs, images: encode_images(clip, render_specs(specs, images, 32), 256, progress=False)
+    te_images, te_labels = load_fashion_mnist("test")
+    specs = world_specs(te_labels, n, 0, WORLD_STREAMS["probe"]); y = np.array([s.label for s in specs]); x = feats(specs, te_images)
+    res["report_probe_%"] = 100 * linear_probe(x[:k], y[:k], x[k:], y[k:])
+    ok = probe_predictions(x[:k], y[:k], x[k:]) == y[k:]
+    if abs(100 * ok.mean() - res["report_probe_%"]) > 1e-9: raise RuntimeError("the per-scene probe disagrees with linear_probe: the protocol changed")
+    res["by_value"] = by_value(ok, specs[k:], ("label",) + BENCH_ATTRS)
+    t = encode_texts(clip, tok, [full_caption(s) for s in specs], 256)
+    res["text_side_%"] = 100 * linear_probe(t[:k], y[:k], t[k:], y[k:])
+    tr_images, tr_labels = load_fashion_mnist("train")
+    s2 = world_specs(tr_labels, n, 0, WORLD_STREAMS["probe"]); y2 = np.array([s.label for s in s2]); x2 = feats(s2, tr_images)
+    res["train_items_%"] = 100 * linear_probe(x2[:k], y2[:k], x2[k:], y2[k:])
+    scenes = load_npz(prep); sp = arrays_to_specs(scenes)
+    idx = [i for i, s in enumerate(sp) if s.position != 4][:n]  # position 4 (centre) only in the neutral renders
+    x3, y3 = encode_images(clip, scenes["images"][idx], 256, progress=False), np.array([sp[i].label for i in idx])
+    res["training_scenes_%"] = 100 * linear_probe(x3[:k], y3[:k], x3[k:], y3[k:])
+    big = world_specs(tr_labels, 20000, 1, WORLD_STREAMS["probe"]); yb = np.array([s.label for s in big]); xb = feats(big, tr_images)
+    res["probe_size_%"] = {m: 100 * linear_probe(xb[:m], yb[:m], xb[-2000:], yb[-2000:]) for m in (2000, 8000, 18000)}
+    lines = [f"The shipped CLIP's class in held-out scenes (linear probe, {k:,} scenes fit it, {n - k:,} score it; %):", "",
+             "| what | class % |", "|---|---|",
+             f"| the report's probe (test items) | {res['report_probe_%']:.1f} |",
+             f"| the same probe on the CLIP's text features of the scenes' full captions | {res['text_side_%']:.1f} |",
+             f"| scenes of train items (new layouts of seen items) | {res['train_items_%']:.1f} |",
+             f"| the world's training scenes themselves (not the neutral ones) | {res['training_scenes_%']:.1f} |"]
+    lines += [f"| scenes of train items, probe fitted on {m:,} (scored on 2,000 others) | {v:.1f} |" for m, v in res["probe_size_%"].items()]
+    lines += ["", f"The report's probe by attribute value (accuracy % on the {n - k:,} test scenes, how many):", ""]
+    lines += [f"- {attr}: " + ", ".join(f"{v}: {acc:.1f} ({c})" for v, (acc, c) in vals.items()) for attr, vals in res["by_value"].items() if attr != "text"]
+    text = res["by_value"]["text"]; accs = [acc for v, (acc, _) in text.items() if v]
+    lines += [f"- text: none {text[0][0]:.1f} ({text[0][1]}), each of {len(accs)} glyphs {min(accs):.1f}-{max(accs):.1f}"]
+    print("\n".join(lines)); out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text("\n".join(lines) + "\n"); (out / "results.json").write_text(json.dumps(res, indent=1))
+    return 0
+
+if __name__ == "__main__": sys.exit(main())
