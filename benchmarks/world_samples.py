@@ -84,7 +84,7 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=256); p.add_argument("--samplers", default="ddim50,ddim200,ddim50@1.5")
-    p.add_argument("--out", default="/tmp/world_samples"); p.add_argument("--train", default="", help="denoiser training steps, e.g. 600,1200")
+    p.add_argument("--out", default="/tmp/world_samples"); p.add_argument("--train", default="", help="denoisers to pretrain: training steps, each with an optional :UNET, e.g. 600,1500:w2+attn16")
     a = p.parse_args(argv)
     samplers = {s: parse_sampler(s) for s in a.samplers.split(",") if s}  # every name checked before any work
     train_steps = parse_train(a.train)
