@@ -17,8 +17,11 @@ does:
              (the world's: px32; the neutral test and probe sets are rendered at S px too)
   stepsN     this variant trains N steps (default: --steps)
   patchP     a tower of P px patches (the world's: 4 at 32 px, an 8x8 token grid; patch2 gives 16x16 tokens)
+  rnW        a convolutional image tower instead of the ViT: open_clip's ModifiedResNet (CLIP's RN50 design), one
+             bottleneck block a stage, stem width W (rn16: 1.5 M parameters); is the ViT's lack of a convolutional
+             prior what keeps the class out of its features?
 
-Parts combine with "+": `vit256x4+batch256+steps1200`, `px64+steps1200`, `patch2`.
+Parts combine with "+": `vit256x4+batch256+steps1200`, `px64+steps1200`, `patch2`, `rn16+steps1200`.
 
 The README's table was measured on 2026-12-03 with a world whose scenes had no neutral renders. That measurement
 led to the prepare parameter `p_neutral` (world/params.yaml: 0.25), so the world's scenes now hold neutral renders
@@ -44,14 +47,14 @@ from dcr_nb.pipeline import PretrainClipConfig, load_clip, run_pretrain_clip
 from dcr_nb.world import attribute_probe
 import yaml
 
-VARIANT = re.compile(r"base|plain\d+|vit\d+x\d+|batch\d+|steps\d+|px\d+|patch\d+")
+VARIANT = re.compile(r"base|plain\d+|vit\d+x\d+|batch\d+|steps\d+|px\d+|patch\d+|rn\d+")
 
 def parse_variant(name: str) -> dict:
-    "{'scenes': 'base' or 'plainF', 'tower': (width, layers) or None, 'batch_size', 'steps': N or None, 'size': px, 'patch': px or None}."
+    "{'scenes': 'base' or 'plainF', 'tower': (width, layers) or None, 'batch_size', 'steps': N or None, 'size': px, 'patch': px or None, 'resnet': W or None}."
     parts = name.split("+")
     if bad := [q for q in parts if not VARIANT.fullmatch(q)]:
-        raise SystemExit(f"unknown variant {name!r} (part {bad[0]!r}): parts base, plainF, vitWxL, batchN, stepsN, pxS or patchP, joined by '+'")
-    out = {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32, "patch": None}
+        raise SystemExit(f"unknown variant {name!r} (part {bad[0]!r}): parts base, plainF, vitWxL, batchN, stepsN, pxS, patchP or rnW, joined by '+'")
+    out = {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32, "patch": None, "resnet": None}
     for q in parts:
         if q.startswith("plain"): out["scenes"] = q
         elif q.startswith("vit"): out["tower"] = tuple(int(v) for v in q[3:].split("x"))
@@ -59,21 +62,27 @@ def parse_variant(name: str) -> dict:
         elif q.startswith("steps"): out["steps"] = int(q[5:])
         elif q.startswith("px"): out["size"] = int(q[2:])
         elif q.startswith("patch"): out["patch"] = int(q[5:])
+        elif q.startswith("rn"): out["resnet"] = int(q[2:])
     if out["tower"] and (out["tower"][0] % 32 or min(out["tower"]) < 1): raise SystemExit(f"{name!r}: the tower's width must be a positive multiple of 32 (heads of 32)")
     if 0 in (out["batch_size"], out["steps"]): raise SystemExit(f"{name!r}: batch size and steps must be positive")
     if out["size"] % 8 or out["size"] < 16: raise SystemExit(f"{name!r}: the scene size must be a multiple of 8, at least 16 (8x8 patches)")
     if out["patch"] is not None and (out["patch"] < 1 or out["size"] % out["patch"]): raise SystemExit(f"{name!r}: the patch size must divide the scene size ({out['size']} px)")
+    if out["resnet"] is not None:
+        if out["tower"] or out["patch"]: raise SystemExit(f"{name!r}: rnW is a convolutional tower; it takes no vitWxL or patchP")
+        if out["resnet"] < 8 or out["resnet"] % 8 or out["size"] % 32: raise SystemExit(f"{name!r}: rnW needs a stem width W that is a positive multiple of 8 and a scene size that is a multiple of 32 (the ResNet downsamples 32x)")
     return out
 
-def tower_model(width: int, layers: int, size: int = 32, base: str = "dcr-lit-vit", patch: int | None = None) -> str:
-    "Register (once per process) an open_clip config: `base`'s with an image tower of `width`, `layers`, `size` px in `patch` px patches (default: an 8x8 grid); its name."
+def tower_model(width: int, layers: int, size: int = 32, base: str = "dcr-lit-vit", patch: int | None = None, resnet: bool = False) -> str:
+    """Register (once per process) an open_clip config: `base`'s with an image tower of `width`, `layers`, `size` px in `patch` px
+    patches (default: an 8x8 grid), or with `resnet` a ModifiedResNet of stem width `width` and `layers` blocks a stage; its name."""
     import open_clip
     from dcr_nb.encoder import MODEL_CONFIG_DIR, _resolve_text
     patch = patch or size // 8
-    name = f"{base}-{width}x{layers}-{size}px" + (f"-patch{patch}" if patch != size // 8 else "")
+    name = (f"{base}-rn{width}x{layers}-{size}px" if resnet else f"{base}-{width}x{layers}-{size}px" + (f"-patch{patch}" if patch != size // 8 else ""))
     if name not in open_clip.list_models():
         cfg = _resolve_text(json.loads((MODEL_CONFIG_DIR / f"{base}.json").read_text()))
-        cfg["vision_cfg"] = {**cfg["vision_cfg"], "width": width, "layers": layers, "image_size": size, "patch_size": patch}
+        cfg["vision_cfg"] = ({"image_size": size, "layers": [layers] * 4, "width": width, "head_width": 32} if resnet else
+                             {**cfg["vision_cfg"], "width": width, "layers": layers, "image_size": size, "patch_size": patch})
         d = Path(tempfile.mkdtemp(prefix="world_levers_")); (d / f"{name}.json").write_text(json.dumps(cfg)); open_clip.add_model_config(d)
     return name
 
@@ -129,7 +138,8 @@ def main(argv=None) -> int:
         (data / "source.md5").write_text(source)
         steps, folder = v["steps"] or a.steps, out / name
         cfg = PretrainClipConfig.from_dict({**{k: x for k, x in pc.items() if k != "report_n"},
-                                            "model": tower_model(*(v["tower"] or (128, 4)), v["size"], patch=v["patch"]) if v["tower"] or v["size"] != 32 or v["patch"] else pc["model"],
+                                            "model": tower_model(v["resnet"], 1, v["size"], resnet=True) if v["resnet"] else
+                                                     tower_model(*(v["tower"] or (128, 4)), v["size"], patch=v["patch"]) if v["tower"] or v["size"] != 32 or v["patch"] else pc["model"],
                                             "batch_size": v["batch_size"] or pc["batch_size"], "steps": steps,
                                             "warmup_steps": min(pc["warmup_steps"], steps // 10), "ckpt_every": steps,
                                             "data": str(data), "out": str(folder), "train_dir": str(folder / "train")})

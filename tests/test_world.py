@@ -113,10 +113,12 @@ def test_world_levers_variant_names_set_tower_batch_and_steps():
     from dcr_nb.encoder import create_encoder
     from dcr_nb.data import arrays_to_specs, render, render_scenes
     m = bench("world_levers")
-    assert m.parse_variant("base") == {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32, "patch": None}
-    assert m.parse_variant("plain10+vit192x6+batch256+steps1200+px64+patch4") == {"scenes": "plain10", "tower": (192, 6), "batch_size": 256, "steps": 1200, "size": 64, "patch": 4}
+    assert m.parse_variant("base") == {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32, "patch": None, "resnet": None}
+    assert m.parse_variant("plain10+vit192x6+batch256+steps1200+px64+patch4") == {"scenes": "plain10", "tower": (192, 6), "batch_size": 256, "steps": 1200, "size": 64, "patch": 4, "resnet": None}
+    assert m.parse_variant("rn16+steps1200")["resnet"] == 16
     for bad, msg in (("wide", "part 'wide'"), ("base+vit100x4", "multiple of 32"), ("batch0", "must be positive"), ("vit128", "part 'vit128'"),
-                     ("px60", "multiple of 8"), ("patch3", "must divide the scene size"), ("patch0", "must divide")):
+                     ("px60", "multiple of 8"), ("patch3", "must divide the scene size"), ("patch0", "must divide"), ("rn12", "multiple of 8"),
+                     ("rn16+px48", "multiple of 32"), ("rn16+vit128x4", "no vitWxL")):
         with pytest.raises(SystemExit, match=msg): m.parse_variant(bad)
     with pytest.raises(SystemExit, match="part 'x'"): m.main(["--variants", "base,x", "--out", "/nonexistent/never-written"])
     clip = create_encoder(m.tower_model(64, 2, 64), random_init=True)
@@ -124,6 +126,8 @@ def test_world_levers_variant_names_set_tower_batch_and_steps():
     assert clip.visual.conv1.kernel_size == (8, 8)  # 8x8 patches at any size
     fine = create_encoder(m.tower_model(64, 2, 32, patch=2), random_init=True)
     assert fine.visual.conv1.kernel_size == (2, 2) and fine.visual.positional_embedding.shape[0] == 16 * 16 + 1  # patch2: a 16x16 token grid
+    rn = create_encoder(m.tower_model(16, 1, 32, resnet=True), random_init=True)
+    assert type(rn.visual).__name__ == "ModifiedResNet" and rn.encode_image(torch.zeros(2, 3, 32, 32)).shape == (2, 384)
     images, labels = load_fashion_mnist("train")
     src = render_scenes(images, labels, 20, seed=3, rates={"color": 0.8})
     big = m.at_size(src, images, 64)
