@@ -102,15 +102,14 @@ def main(argv=None) -> int:
     data = load_fashion_mnist("test"); t0 = time.perf_counter()
     reader = fit_reader(n=rep["n_reader"], seed=rep["seed"]); print(f"reader fitted in {time.perf_counter() - t0:.0f} s", flush=True)
     out, rows = Path(a.out), {}; out.mkdir(parents=True, exist_ok=True)
-    runs = [(name, "shipped", d, steps, guidance) for name, (steps, guidance) in samplers.items()]
+    runs = [(name, "shipped", None, steps, guidance) for name, (steps, guidance) in samplers.items()]
     pd_ = params["pretrain_denoiser"]; report_sampler = (rep["sample_steps"], rep["guidance"])
-    runs += [(f"trained{n}{'-' + u if u else ''}:ddim{report_sampler[0]}", f"{n}{' ' + u if u else ''}", None, *report_sampler) for n, u in train_steps]
+    runs += [(f"trained{n}{'-' + u if u else ''}:ddim{report_sampler[0]}", f"{n}{' ' + u if u else ''}", (n, u), *report_sampler) for n, u in train_steps]
     sensitivity = {}  # denoiser -> its class sensitivity, measured once
-    for name, denoiser, dn, steps, guidance in runs:
-        t0, train_s = time.perf_counter(), 0.0
-        if dn is None:  # a denoiser pretrained here for `denoiser` steps (and UNet variant)
-            n_steps, _, unet = denoiser.partition(" "); n_steps = int(n_steps)
-            folder = out / f"denoiser{n_steps}{'-' + unet if unet else ''}"
+    for name, denoiser, train, steps, guidance in runs:  # train: None (the shipped denoiser) or (steps, UNet variant) to pretrain
+        t0, train_s, dn = time.perf_counter(), 0.0, d
+        if train:
+            n_steps, unet = train; folder = out / f"denoiser{n_steps}{'-' + unet if unet else ''}"
             cfg = PretrainDenoiserConfig.from_dict({**{k: x for k, x in pd_.items() if k != "check_n"}, "model": model,
                                                     "steps": n_steps, "warmup_steps": min(pd_["warmup_steps"], n_steps // 10),
                                                     "ckpt_every": min(n_steps, pd_["ckpt_every"]), "data": str(prep), "out": str(folder), "train_dir": str(folder / "train")})
