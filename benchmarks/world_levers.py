@@ -20,8 +20,18 @@ does:
   rnW        a convolutional image tower instead of the ViT: open_clip's ModifiedResNet (CLIP's RN50 design), one
              bottleneck block a stage, stem width W (rn16: 1.5 M parameters); is the ViT's lack of a convolutional
              prior what keeps the class out of its features?
+  twinsF     class-only hard negatives: F percent of every batch are twin pairs, a world scene and its twin (the same
+             scene with an item of another class, captioned with the same words but the class noun: `twin_scenes`).
+             In a batch of 128 random scenes almost no two captions differ only in the class, so once colour,
+             position, count and text tell the captions apart the loss stops paying for the class; a twin pair can be
+             told apart by the class alone.
+  ceW        LiT's loss plus W/10 times the cross-entropy of a linear class head on the image embedding (ce10: weight 1):
+             a stand-in pretrained to name its classes outright, as a web-trained CLIP can
+  supervised the cross-entropy alone, no captions: how much of the class can this tower learn from the scenes in
+             this many steps when told it directly (a ceiling on what any caption signal could teach; its zero-shot is
+             meaningless, its text projection is never trained)
 
-Parts combine with "+": `vit256x4+batch256+steps1200`, `px64+steps1200`, `patch2`, `rn16+steps1200`.
+Parts combine with "+": `vit256x4+batch256+steps1200`, `px64+steps1200`, `patch2`, `rn16+steps1200`, `twins50`, `ce10`, `supervised+rn16`.
 
 The README's table was measured on 2026-12-03 with a world whose scenes had no neutral renders. That measurement
 led to the prepare parameter `p_neutral` (world/params.yaml: 0.25), so the world's scenes now hold neutral renders
@@ -35,26 +45,33 @@ numbers to DIR (default /tmp/world_levers), adding to what earlier runs into DIR
 took 389 s; estimated from it and the world's 3,000-step build (1,240 s), about 3 minutes of that encode the short
 captions with MiniLM, once each, and the image tower's step costs about 0.33 s at batch 128; vit256x4 1,157 s, batch256 1,078 s, px64 681 s (plus 2-3 minutes of measuring each).
 """
-import argparse, json, re, shutil, sys, tempfile, time
+import argparse, dataclasses, json, re, shutil, sys, tempfile, time
 from pathlib import Path
 import numpy as np
-from dcr_nb.core import file_md5, root_path
-from dcr_nb.data import PrepareConfig, arrays_to_specs, eval_set, full_caption, load_eval_set, load_npz, neutral_spec, render, save_npz, short_caption, specs_to_arrays
-from dcr_nb.encoder import get_tokenizer
+import torch
+import torch.nn.functional as F
+from torch import nn
+from dcr_nb.core import file_md5, root_path, seed_everything
+from dcr_nb.data import (PrepareConfig, arrays_to_specs, eval_set, full_caption, load_eval_set, load_npz, neutral_spec, render, sample_spec,
+                         save_npz, scene_rng, short_caption, specs_to_arrays, to_tensor)
+from dcr_nb.encoder import create_encoder, embed_dim, get_tokenizer, image_embedding, save_encoder
 from dcr_nb.evaluate import evaluate_d_ability
 from dcr_nb.fetch import load_fashion_mnist
 from dcr_nb.pipeline import PretrainClipConfig, load_clip, run_pretrain_clip
+from dcr_nb.tasks import ClipPretrainTask
+from dcr_nb.train import batch_indices, train
 from dcr_nb.world import attribute_probe
 import yaml
 
-VARIANT = re.compile(r"base|plain\d+|vit\d+x\d+|batch\d+|steps\d+|px\d+|patch\d+|rn\d+")
+VARIANT = re.compile(r"base|plain\d+|vit\d+x\d+|batch\d+|steps\d+|px\d+|patch\d+|rn\d+|twins\d+|ce\d+|supervised")
+TWIN_STREAM = 20  # scene_rng stream of the twins' items (the world's streams: 0-3 scenes, 10-15 the report)
 
 def parse_variant(name: str) -> dict:
-    "{'scenes': 'base' or 'plainF', 'tower': (width, layers) or None, 'batch_size', 'steps': N or None, 'size': px, 'patch': px or None, 'resnet': W or None}."
+    "{'scenes': 'base' or 'plainF', 'tower': (width, layers) or None, 'batch_size', 'steps': N or None, 'size': px, 'patch': px or None, 'resnet': W or None, 'twins': percent, 'ce': weight, None, or 'alone'}."
     parts = name.split("+")
     if bad := [q for q in parts if not VARIANT.fullmatch(q)]:
-        raise SystemExit(f"unknown variant {name!r} (part {bad[0]!r}): parts base, plainF, vitWxL, batchN, stepsN, pxS, patchP or rnW, joined by '+'")
-    out = {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32, "patch": None, "resnet": None}
+        raise SystemExit(f"unknown variant {name!r} (part {bad[0]!r}): parts base, plainF, vitWxL, batchN, stepsN, pxS, patchP, rnW, twinsF, ceW or supervised, joined by '+'")
+    out = {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32, "patch": None, "resnet": None, "twins": 0, "ce": None}
     for q in parts:
         if q.startswith("plain"): out["scenes"] = q
         elif q.startswith("vit"): out["tower"] = tuple(int(v) for v in q[3:].split("x"))
@@ -63,10 +80,16 @@ def parse_variant(name: str) -> dict:
         elif q.startswith("px"): out["size"] = int(q[2:])
         elif q.startswith("patch"): out["patch"] = int(q[5:])
         elif q.startswith("rn"): out["resnet"] = int(q[2:])
+        elif q.startswith("twins"): out["twins"] = int(q[5:])
+        elif q.startswith("ce"): out["ce"] = int(q[2:]) / 10
+        elif q == "supervised": out["ce"] = "alone"
     if out["tower"] and (out["tower"][0] % 32 or min(out["tower"]) < 1): raise SystemExit(f"{name!r}: the tower's width must be a positive multiple of 32 (heads of 32)")
     if 0 in (out["batch_size"], out["steps"]): raise SystemExit(f"{name!r}: batch size and steps must be positive")
     if out["size"] % 8 or out["size"] < 16: raise SystemExit(f"{name!r}: the scene size must be a multiple of 8, at least 16 (8x8 patches)")
     if out["patch"] is not None and (out["patch"] < 1 or out["size"] % out["patch"]): raise SystemExit(f"{name!r}: the patch size must divide the scene size ({out['size']} px)")
+    if not 0 <= out["twins"] <= 100: raise SystemExit(f"{name!r}: twinsF takes a percentage of the batch, 0-100")
+    if out["twins"] and out["scenes"] != "base": raise SystemExit(f"{name!r}: twinsF pairs the world's own scenes; it takes no plainF")
+    if sum(q.startswith("ce") or q == "supervised" for q in parts) > 1: raise SystemExit(f"{name!r}: give one of ceW and supervised")
     if out["resnet"] is not None:
         if out["tower"] or out["patch"]: raise SystemExit(f"{name!r}: rnW is a convolutional tower; it takes no vitWxL or patchP")
         if out["resnet"] < 8 or out["resnet"] % 8 or out["size"] % 32: raise SystemExit(f"{name!r}: rnW needs a stem width W that is a positive multiple of 8 and a scene size that is a multiple of 32 (the ResNet downsamples 32x)")
@@ -102,6 +125,56 @@ def variant_scenes(name: str, src: dict, rates: dict, images: np.ndarray, seed: 
         out["images"][i] = render(s, images, size); out["short"][i] = short_caption(s, rates, rng); out["full"][i] = full_caption(s)
     return out | specs_to_arrays(specs)
 
+def twin_scenes(src: dict, images: np.ndarray, labels: np.ndarray, rates: dict, seed: int) -> dict:
+    """Scene k's twin for every scene of `src` (the world's scenes, made by `render_scenes` with `seed`): the same spec with a
+    uniformly drawn item of another class, captioned by the same draws of `short_caption` (template, mentions and order:
+    only the class noun differs). Raises if `src`'s short captions are not those draws (other scenes, seed or rates)."""
+    specs, twins, short, size = arrays_to_specs(src), [], [], src["images"].shape[1]
+    by_class = [np.flatnonzero(labels == c) for c in range(10)]
+    for k, s in enumerate(specs):
+        rng = scene_rng(seed, 0, k); sample_spec(rng, labels); state = rng.bit_generator.state  # where the caption's draws start
+        if short_caption(s, rates, rng) != src["short"][k]:
+            raise ValueError(f"scene {k}: its short caption is not the world's rule's (seed {seed}); twins need the world's own scenes")
+        pick = scene_rng(seed, TWIN_STREAM, k); label = (s.label + int(pick.integers(1, 10))) % 10
+        t = dataclasses.replace(s, label=label, item=int(by_class[label][pick.integers(len(by_class[label]))]))
+        rng.bit_generator.state = state; twins.append(t); short.append(short_caption(t, rates, rng))
+    return {"images": np.stack([render(t, images, size) for t in twins]), **specs_to_arrays(twins),
+            "short": np.array(short), "full": np.array([full_caption(t) for t in twins])}
+
+def lever_batches(scenes: dict, twins: dict | None, batch_size: int, percent: int, seed: int):
+    """A `get_batch(k)` like the world's (`scene_batches`, short captions; plus the classes, 'labels') whose first
+    `m = round(batch_size * percent / 200)` scenes come with their twins: batch k holds the world's batch k's first
+    batch_size - m scenes, then the twins of the first m."""
+    m = round(batch_size * percent / 200) if twins is not None else 0
+    def get_batch(k: int, rank: int = 0, world: int = 1) -> dict:
+        idx = batch_indices(len(scenes["images"]), batch_size, seed, k, rank, world).numpy(); keep = idx[:len(idx) - m]
+        part = lambda key: np.concatenate([scenes[key][keep]] + ([twins[key][idx[:m]]] if m else []))
+        return {"images": to_tensor(part("images")), "captions": [str(c) for c in part("short")],
+                "labels": torch.from_numpy(part("label")).long(), "k": k}
+    return get_batch
+
+class LeverTask(nn.Module):
+    "LiT's loss (`ClipPretrainTask`) plus `ce` times a linear class head's cross-entropy on the image embedding; ce='alone': the cross-entropy only."
+    def __init__(self, clip, tokenizer, ce):
+        super().__init__(); self.lit, self.ce = ClipPretrainTask(clip, tokenizer), ce
+        self.head = nn.Linear(embed_dim(clip), 10) if ce is not None else None
+    def forward(self, batch) -> dict:
+        if self.head is None: return self.lit(batch)
+        emb = image_embedding(self.lit.clip, batch["images"])
+        ce = F.cross_entropy(self.head(emb), batch["labels"].to(emb.device))
+        if self.ce == "alone": return {"loss": ce, "ce": ce.detach()}
+        txt = F.normalize(self.lit.text_features(list(batch["captions"]), emb.device), dim=-1)
+        lit = self.lit.loss(F.normalize(emb, dim=-1), txt, self.lit.clip.logit_scale.exp())
+        return {"loss": lit + self.ce * ce, "lit": lit.detach(), "ce": ce.detach()}
+
+def pretrain_lever(cfg: PretrainClipConfig, twins: dict | None, percent: int, ce) -> Path:
+    "`run_pretrain_clip` on `lever_batches` (the world's scenes in cfg.data; `percent` of each batch twin pairs) with `LeverTask`'s loss; the checkpoint."
+    get_batch = lever_batches(load_npz(Path(cfg.data) / "scenes.npz"), twins, cfg.batch_size, percent, cfg.seed)
+    seed_everything(cfg.seed); clip = create_encoder(cfg.model, random_init=True)
+    train(LeverTask(clip, get_tokenizer(cfg.model), ce), get_batch, cfg, Path(cfg.train_dir),
+          fp_extra=[file_md5(Path(cfg.data) / "scenes.npz"), f"twins{percent}", f"ce{ce}"], desc="pretrain_clip (lever)")
+    return save_encoder(clip, Path(cfg.out) / "clip.safetensors")
+
 def measure(clip, data: Path, model: str, n_scene_probe: int) -> dict:
     tok = get_tokenizer(model)
     d, _ = evaluate_d_ability(clip, tok, load_eval_set(data / "eval_test.npz"), load_eval_set(data / "eval_train.npz"), progress=False)
@@ -135,6 +208,8 @@ def main(argv=None) -> int:
             if (data / f).exists(): continue
             if v["size"] == 32: (data / f).symlink_to(prep / f)
             else: save_npz(data / f, **eval_set(*load_fashion_mnist(split), v["size"], n))
+        if v["twins"] and not (data / "twins.npz").exists():  # the world's scenes' twins, at this variant's size
+            save_npz(data / "twins.npz", **at_size(twin_scenes(src, images, load_fashion_mnist("train")[1], rates, params["prepare"]["seed"]), images, v["size"]))
         (data / "source.md5").write_text(source)
         steps, folder = v["steps"] or a.steps, out / name
         cfg = PretrainClipConfig.from_dict({**{k: x for k, x in pc.items() if k != "report_n"},
@@ -143,7 +218,10 @@ def main(argv=None) -> int:
                                             "batch_size": v["batch_size"] or pc["batch_size"], "steps": steps,
                                             "warmup_steps": min(pc["warmup_steps"], steps // 10), "ckpt_every": steps,
                                             "data": str(data), "out": str(folder), "train_dir": str(folder / "train")})
-        t0 = time.perf_counter(); path = run_pretrain_clip(cfg); took = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        path = (pretrain_lever(cfg, load_npz(data / "twins.npz") if v["twins"] else None, v["twins"], v["ce"]) if v["twins"] or v["ce"] is not None
+                else run_pretrain_clip(cfg))
+        took = time.perf_counter() - t0
         clip = load_clip(cfg.model, str(path), "world_levers")
         rows[name] = {**measure(clip, data, cfg.model, a.scene_probe), "source_md5": source, "steps": steps, "batch_size": cfg.batch_size,
                       "tower_params_M": sum(q.numel() for q in clip.visual.parameters()) / 1e6, "train_s": took}

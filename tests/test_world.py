@@ -113,8 +113,8 @@ def test_world_levers_variant_names_set_tower_batch_and_steps():
     from dcr_nb.encoder import create_encoder
     from dcr_nb.data import arrays_to_specs, render, render_scenes
     m = bench("world_levers")
-    assert m.parse_variant("base") == {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32, "patch": None, "resnet": None}
-    assert m.parse_variant("plain10+vit192x6+batch256+steps1200+px64+patch4") == {"scenes": "plain10", "tower": (192, 6), "batch_size": 256, "steps": 1200, "size": 64, "patch": 4, "resnet": None}
+    assert m.parse_variant("base") == {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32, "patch": None, "resnet": None, "twins": 0, "ce": None}
+    assert m.parse_variant("plain10+vit192x6+batch256+steps1200+px64+patch4") == {"scenes": "plain10", "tower": (192, 6), "batch_size": 256, "steps": 1200, "size": 64, "patch": 4, "resnet": None, "twins": 0, "ce": None}
     assert m.parse_variant("rn16+steps1200")["resnet"] == 16
     for bad, msg in (("wide", "part 'wide'"), ("base+vit100x4", "multiple of 32"), ("batch0", "must be positive"), ("vit128", "part 'vit128'"),
                      ("px60", "multiple of 8"), ("patch3", "must divide the scene size"), ("patch0", "must divide"), ("rn12", "multiple of 8"),
@@ -134,6 +134,46 @@ def test_world_levers_variant_names_set_tower_batch_and_steps():
     assert big["images"].shape == (20, 64, 64, 3) and list(big["short"]) == list(src["short"])
     assert np.array_equal(big["images"][7], render(arrays_to_specs(src)[7], images, 64))
     assert clip.text.transformer.config.hidden_size == 384  # the locked MiniLM text tower is kept
+
+
+def test_world_levers_twins_differ_from_their_scene_only_in_the_item_and_its_class():
+    "benchmarks/world_levers.py: `twinsF` pairs a world scene with its twin (another class, the caption's other words kept) in every batch."
+    from dcr_nb.data import CLASS_NOUNS, arrays_to_specs, render, render_scenes
+    m = bench("world_levers")
+    images, labels = load_fashion_mnist("train")
+    rates = {"color": 0.8, "count": 0.6, "position": 0.6, "text": 0.6, "orientation": 0.03}
+    src = render_scenes(images, labels, 200, seed=3, rates=rates, p_neutral=0.25)
+    tw = m.twin_scenes(src, images, labels, rates, seed=3)
+    for s, t, a, b in zip(arrays_to_specs(src), arrays_to_specs(tw), src["short"], tw["short"]):
+        assert t.label != s.label and labels[t.item] == t.label and t == s.__class__(**{**s.__dict__, "item": t.item, "label": t.label})
+        noun = lambda spec: CLASS_NOUNS[spec.label][spec.count > 1]
+        assert b.replace(noun(t), noun(s)).replace("an ", "a ") == a.replace("an ", "a ") and noun(t) in b  # only the class noun (and its article) differ
+    assert np.array_equal(tw["images"][5], render(arrays_to_specs(tw)[5], images, 32))
+    with pytest.raises(ValueError, match="seed 4"): m.twin_scenes(src, images, labels, rates, seed=4)  # not these scenes' draws
+    get = m.lever_batches(src, tw, 16, 50, seed=0)
+    b = get(3); caps = b["captions"]
+    assert b["images"].shape == (16, 3, 32, 32) and len(caps) == 16
+    assert b["labels"].tolist() == [int(src["label"][src["short"].tolist().index(c)] if i < 12 else tw["label"][tw["short"].tolist().index(c)]) for i, c in enumerate(caps)]
+    assert caps[12:] == [str(c) for c in tw["short"][[src["short"].tolist().index(c) for c in caps[:4]]]]  # 4 pairs: the first 4 scenes' twins last
+    assert m.lever_batches(src, None, 16, 50, seed=0)(3)["captions"] == [str(c) for c in src["short"][m.batch_indices(200, 16, 0, 3).numpy()]]
+    assert m.parse_variant("twins50+rn16")["twins"] == 50
+    assert m.parse_variant("ce5")["ce"] == 0.5 and m.parse_variant("supervised+rn16")["ce"] == "alone" and m.parse_variant("base")["ce"] is None
+    for bad, msg in (("twins150", "0-100"), ("twins50+plain10", "no plainF"), ("ce5+supervised", "one of ceW")):
+        with pytest.raises(SystemExit, match=msg): m.parse_variant(bad)
+
+
+def test_world_levers_class_loss_adds_a_cross_entropy_to_lit(models):
+    "benchmarks/world_levers.py: ceW adds W/10 x a class head's cross-entropy to LiT's loss; supervised trains on the cross-entropy alone."
+    m = bench("world_levers")
+    clip, tok, _ = models
+    torch.manual_seed(0)
+    batch = {"images": torch.rand(6, 3, 32, 32), "captions": [f"a photo of a coat {i}" for i in range(6)], "labels": torch.arange(6)}
+    lit = m.LeverTask(clip, tok, None)(batch)["loss"].item()
+    both = m.LeverTask(clip, tok, 0.5); torch.manual_seed(1); both.head.reset_parameters(); out = both(batch)
+    assert out["lit"] == pytest.approx(lit) and out["loss"].item() == pytest.approx(lit + 0.5 * float(out["ce"]), rel=1e-5)
+    alone = m.LeverTask(clip, tok, "alone"); alone.head.load_state_dict(both.head.state_dict()); got = alone(batch)
+    assert set(got) == {"loss", "ce"} and got["loss"].item() == pytest.approx(float(out["ce"]))
+    got["loss"].backward(); assert alone.head.weight.grad.abs().sum() > 0
 
 
 def test_world_samples_sampler_names_and_interval():
