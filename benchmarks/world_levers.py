@@ -60,7 +60,7 @@ from dcr_nb.fetch import load_fashion_mnist
 from dcr_nb.pipeline import PretrainClipConfig, load_clip, run_pretrain_clip
 from dcr_nb.tasks import ClipPretrainTask
 from dcr_nb.train import batch_indices, train
-from dcr_nb.world import attribute_probe
+from dcr_nb.world import WORLD_STREAMS, attribute_probe, render_specs, world_specs
 import yaml
 
 VARIANT = re.compile(r"base|plain\d+|vit\d+x\d+|batch\d+|steps\d+|px\d+|patch\d+|rn\d+|twins\d+|ce\d+|supervised")
@@ -167,13 +167,23 @@ class LeverTask(nn.Module):
         lit = self.lit.loss(F.normalize(emb, dim=-1), txt, self.lit.clip.logit_scale.exp())
         return {"loss": lit + self.ce * ce, "lit": lit.detach(), "ce": ce.detach()}
 
-def pretrain_lever(cfg: PretrainClipConfig, twins: dict | None, percent: int, ce) -> Path:
-    "`run_pretrain_clip` on `lever_batches` (the world's scenes in cfg.data; `percent` of each batch twin pairs) with `LeverTask`'s loss; the checkpoint."
+def pretrain_lever(cfg: PretrainClipConfig, twins: dict | None, percent: int, ce) -> tuple[Path, nn.Module | None]:
+    """`run_pretrain_clip` on `lever_batches` (the world's scenes in cfg.data; `percent` of each batch twin pairs) with
+    `LeverTask`'s loss; the checkpoint and the class head (None without ceW or supervised)."""
     get_batch = lever_batches(load_npz(Path(cfg.data) / "scenes.npz"), twins, cfg.batch_size, percent, cfg.seed)
     seed_everything(cfg.seed); clip = create_encoder(cfg.model, random_init=True)
-    train(LeverTask(clip, get_tokenizer(cfg.model), ce), get_batch, cfg, Path(cfg.train_dir),
-          fp_extra=[file_md5(Path(cfg.data) / "scenes.npz"), f"twins{percent}", f"ce{ce}"], desc="pretrain_clip (lever)")
-    return save_encoder(clip, Path(cfg.out) / "clip.safetensors")
+    task = LeverTask(clip, get_tokenizer(cfg.model), ce)
+    train(task, get_batch, cfg, Path(cfg.train_dir), fp_extra=[file_md5(Path(cfg.data) / "scenes.npz"), f"twins{percent}", f"ce{ce}"], desc="pretrain_clip (lever)")
+    return save_encoder(clip, Path(cfg.out) / "clip.safetensors"), (task.head.eval() if task.head is not None else None)
+
+@torch.no_grad()
+def head_accuracy(clip, head: nn.Module, n: int, seed: int = 0) -> float:
+    "The class head's own accuracy (%) on the test half of `attribute_probe`'s held-out scenes (the same scenes, same split)."
+    images, labels = load_fashion_mnist("test")
+    specs = world_specs(labels, n, seed, WORLD_STREAMS["probe"])[n - max(1, round(n * 0.5)):]
+    x = to_tensor(render_specs(specs, images, clip.visual.image_size[0] if isinstance(clip.visual.image_size, tuple) else clip.visual.image_size))
+    pred = torch.cat([head(image_embedding(clip, x[i:i + 256])).argmax(1) for i in range(0, len(x), 256)])
+    return 100 * float((pred.numpy() == np.array([s.label for s in specs])).mean())
 
 def measure(clip, data: Path, model: str, n_scene_probe: int) -> dict:
     tok = get_tokenizer(model)
@@ -219,18 +229,22 @@ def main(argv=None) -> int:
                                             "warmup_steps": min(pc["warmup_steps"], steps // 10), "ckpt_every": steps,
                                             "data": str(data), "out": str(folder), "train_dir": str(folder / "train")})
         t0 = time.perf_counter()
-        path = (pretrain_lever(cfg, load_npz(data / "twins.npz") if v["twins"] else None, v["twins"], v["ce"]) if v["twins"] or v["ce"] is not None
-                else run_pretrain_clip(cfg))
+        path, head = (pretrain_lever(cfg, load_npz(data / "twins.npz") if v["twins"] else None, v["twins"], v["ce"]) if v["twins"] or v["ce"] is not None
+                      else (run_pretrain_clip(cfg), None))
         took = time.perf_counter() - t0
         clip = load_clip(cfg.model, str(path), "world_levers")
-        rows[name] = {**measure(clip, data, cfg.model, a.scene_probe), "source_md5": source, "steps": steps, "batch_size": cfg.batch_size,
+        rows[name] = {**measure(clip, data, cfg.model, a.scene_probe), "source_md5": source,
+                      **({"head_in_scenes": head_accuracy(clip, head, a.scene_probe)} if head is not None else {}), "steps": steps, "batch_size": cfg.batch_size,
                       "tower_params_M": sum(q.numel() for q in clip.visual.parameters()) / 1e6, "train_s": took}
         print(f"{name}: " + ", ".join(f"{k} {x:.1f}" for k, x in rows[name].items() if k != "source_md5"), flush=True)
         (out / "results.json").write_text(json.dumps(rows, indent=1))  # kept as each variant ends: an interrupted run loses one
-    table = [f"LiT pretraining (the world's: {pc['steps']} steps of batch {pc['batch_size']}, vit128x4), measured as the world report does (%):", "",
-             "| variant | steps | batch | tower M params | zero-shot (neutral test) | linear probe | class in scenes | training s |", "|---|---|---|---|---|---|---|---|"]
+    table = [f"LiT pretraining (the world's: {pc['steps']} steps of batch {pc['batch_size']}, vit128x4), measured as the world report does (%); "
+             "class head: a ceW or supervised variant's own head on the probe's test scenes:", "",
+             "| variant | steps | batch | tower M params | zero-shot (neutral test) | linear probe | class in scenes | class head in scenes | training s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    cell = lambda r, k: f"{r[k]:.1f}" if k in r else "–"
     table += [f"| {n} | {r['steps']} | {r['batch_size']} | {r['tower_params_M']:.2f} | {r['zero_shot']:.1f} | {r['linear_probe']:.1f} | "
-              f"{r['class_in_scenes']:.1f} | {r['train_s']:.0f} |" for n, r in rows.items()]
+              f"{r['class_in_scenes']:.1f} | {cell(r, 'head_in_scenes')} | {r['train_s']:.0f} |" for n, r in rows.items()]
     print("\n".join(table)); (out / "table.md").write_text("\n".join(table) + "\n")
     return 0
 

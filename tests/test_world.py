@@ -174,6 +174,9 @@ def test_world_levers_class_loss_adds_a_cross_entropy_to_lit(models):
     alone = m.LeverTask(clip, tok, "alone"); alone.head.load_state_dict(both.head.state_dict()); got = alone(batch)
     assert set(got) == {"loss", "ce"} and got["loss"].item() == pytest.approx(float(out["ce"]))
     got["loss"].backward(); assert alone.head.weight.grad.abs().sum() > 0
+    const = nn.Linear(both.head.in_features, 10); const.weight.data.zero_(); const.bias.data = torch.eye(10)[5]  # always "sandal"
+    test = [s.label for s in m.world_specs(load_fashion_mnist("test")[1], 40, 0, m.WORLD_STREAMS["probe"])[20:]]  # attribute_probe's test half
+    assert test.count(5) == 4 and m.head_accuracy(clip, const, 40) == pytest.approx(20.0)
 
 
 def test_world_samples_sampler_names_and_interval():
