@@ -44,6 +44,8 @@ numbers to DIR (default /tmp/world_levers), adding to what earlier runs into DIR
 (rows and scene variants made from other scenes, e.g. before a world rebuild, are dropped and remade). On 2 CPU cores (measured 2026-12-03): base at 600 steps
 took 389 s; estimated from it and the world's 3,000-step build (1,240 s), about 3 minutes of that encode the short
 captions with MiniLM, once each, and the image tower's step costs about 0.33 s at batch 128; vit256x4 1,157 s, batch256 1,078 s, px64 681 s (plus 2-3 minutes of measuring each).
+Measured 2026-12-05 (600 steps unless named): twins50 257 s, ce10 232 s, supervised 161 s, twins50+rn16 118 s,
+supervised+rn16+steps6000 411 s, ce10+steps3000 906 s (training only; the README's world section has the table).
 """
 import argparse, dataclasses, json, re, shutil, sys, tempfile, time
 from pathlib import Path
