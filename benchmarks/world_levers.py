@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     if not (prep / "scenes.npz").is_file():
         print(f"missing {prep}/scenes.npz: run `dvc --cd world repro prepare` first (16 s)", file=sys.stderr); return 2
     rates = PrepareConfig.from_dict(params["prepare"]).rates()  # the caption mention rates (not p_neutral)
-    src, (images, _) = load_npz(prep / "scenes.npz"), load_fashion_mnist("train")
+    src, (images, labels) = load_npz(prep / "scenes.npz"), load_fashion_mnist("train")
     out, pc = Path(a.out), params["pretrain_clip"]
     source = file_md5(prep / "scenes.npz")  # what every scene variant and row in DIR was made from
     rows = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}  # earlier runs into DIR are kept
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
             if v["size"] == 32: (data / f).symlink_to(prep / f)
             else: save_npz(data / f, **eval_set(*load_fashion_mnist(split), v["size"], n))
         if v["twins"] and not (data / "twins.npz").exists():  # the world's scenes' twins, at this variant's size
-            save_npz(data / "twins.npz", **at_size(twin_scenes(src, images, load_fashion_mnist("train")[1], rates, params["prepare"]["seed"]), images, v["size"]))
+            save_npz(data / "twins.npz", **at_size(twin_scenes(src, images, labels, rates, params["prepare"]["seed"]), images, v["size"]))
         (data / "source.md5").write_text(source)
         steps, folder = v["steps"] or a.steps, out / name
         cfg = PretrainClipConfig.from_dict({**{k: x for k, x in pc.items() if k != "report_n"},

@@ -138,6 +138,7 @@ def test_world_levers_variant_names_set_tower_batch_and_steps():
 
 def test_world_levers_twins_differ_from_their_scene_only_in_the_item_and_its_class():
     "benchmarks/world_levers.py: `twinsF` pairs a world scene with its twin (another class, the caption's other words kept) in every batch."
+    import dataclasses
     from dcr_nb.data import CLASS_NOUNS, arrays_to_specs, render, render_scenes
     m = bench("world_levers")
     images, labels = load_fashion_mnist("train")
@@ -145,17 +146,17 @@ def test_world_levers_twins_differ_from_their_scene_only_in_the_item_and_its_cla
     src = render_scenes(images, labels, 200, seed=3, rates=rates, p_neutral=0.25)
     tw = m.twin_scenes(src, images, labels, rates, seed=3)
     for s, t, a, b in zip(arrays_to_specs(src), arrays_to_specs(tw), src["short"], tw["short"]):
-        assert t.label != s.label and labels[t.item] == t.label and t == s.__class__(**{**s.__dict__, "item": t.item, "label": t.label})
+        assert t.label != s.label and labels[t.item] == t.label and t == dataclasses.replace(s, item=t.item, label=t.label)
         noun = lambda spec: CLASS_NOUNS[spec.label][spec.count > 1]
         assert b.replace(noun(t), noun(s)).replace("an ", "a ") == a.replace("an ", "a ") and noun(t) in b  # only the class noun (and its article) differ
     assert np.array_equal(tw["images"][5], render(arrays_to_specs(tw)[5], images, 32))
     with pytest.raises(ValueError, match="seed 4"): m.twin_scenes(src, images, labels, rates, seed=4)  # not these scenes' draws
-    get = m.lever_batches(src, tw, 16, 50, seed=0)
-    b = get(3); caps = b["captions"]
-    assert b["images"].shape == (16, 3, 32, 32) and len(caps) == 16
-    assert b["labels"].tolist() == [int(src["label"][src["short"].tolist().index(c)] if i < 12 else tw["label"][tw["short"].tolist().index(c)]) for i, c in enumerate(caps)]
-    assert caps[12:] == [str(c) for c in tw["short"][[src["short"].tolist().index(c) for c in caps[:4]]]]  # 4 pairs: the first 4 scenes' twins last
-    assert m.lever_batches(src, None, 16, 50, seed=0)(3)["captions"] == [str(c) for c in src["short"][m.batch_indices(200, 16, 0, 3).numpy()]]
+    idx = m.batch_indices(200, 16, 0, 3).numpy(); b = m.lever_batches(src, tw, 16, 50, seed=0)(3)  # 4 pairs: the world's first 12, the first 4's twins last
+    assert b["images"].shape == (16, 3, 32, 32)
+    assert b["captions"] == [str(c) for c in src["short"][idx[:12]]] + [str(c) for c in tw["short"][idx[:4]]]
+    assert b["labels"].tolist() == src["label"][idx[:12]].tolist() + tw["label"][idx[:4]].tolist()
+    assert np.array_equal(b["images"][13].numpy(), m.to_tensor(tw["images"][idx[1:2]])[0].numpy())
+    assert m.lever_batches(src, None, 16, 50, seed=0)(3)["captions"] == [str(c) for c in src["short"][idx]]  # no twins: the world's batch
     assert m.parse_variant("twins50+rn16")["twins"] == 50
     assert m.parse_variant("ce5")["ce"] == 0.5 and m.parse_variant("supervised+rn16")["ce"] == "alone" and m.parse_variant("base")["ce"] is None
     for bad, msg in (("twins150", "0-100"), ("twins50+plain10", "no plainF"), ("ce5+supervised", "one of ceW")):
