@@ -133,10 +133,12 @@ def prepare_run_dir(out, fp: str, inputs: dict) -> str | None:
 
 # %% ../nbs/05_train.ipynb #c015
 def truncate_live_logs(live_dir, step: int):
-    "Drop DVCLive TSV rows with a step >= `step` (they are logged again after resuming)."
-    for f in Path(live_dir).glob("plots/metrics/**/*.tsv"):
-        lines = f.read_text().splitlines()
-        if not lines: continue
+    "Fit a run's DVCLive logs to its checkpoint at `step`: TSV rows with a step >= `step` go (they are logged again after resuming), as do a row a kill cut short and the summary `metrics.json`, which the next step rewrites (a kill mid-write leaves it unreadable, and DVCLive's resume reads it)."
+    live_dir = Path(live_dir)
+    (live_dir / "metrics.json").unlink(missing_ok=True)
+    for f in live_dir.glob("plots/metrics/**/*.tsv"):
+        lines = f.read_text().split("\n")[:-1]  # DVCLive ends every row with "\n": a last line without one was cut short
+        if not lines or "step" not in lines[0].split("\t"): f.unlink(); continue  # not even a whole header
         col = lines[0].split("\t").index("step")
         keep = [lines[0]] + [l for l in lines[1:] if int(l.split("\t")[col]) < step]
         atomic_write(f, "\n".join(keep) + "\n")
