@@ -49,3 +49,20 @@ def test_negatives_config_is_the_pipelines(root):
         assert c["num_negatives"] == 3 and c["objective"] == "dcr" and c["stage"] == s
         assert (c["steps"], c["lr"], c["batch_size"], c["tau"], c["seed"], c["chunk_size"]) == (st["steps"], st["lr"], st["batch_size"], o["tau"], d["seed"], d["chunk_size"])
         assert c["lora_r"] == (st["lora_r"] if s == 2 else 0) and c["out"] == f"/tmp/x/stage{s}"
+
+
+@pytest.mark.parametrize("args,msg", [(["--steps", "0"], "--steps 0: must be >= 1"), (["--rounds", "0"], "--rounds 0: must be >= 1"),
+                                      (["--batch-size", "-1"], "--batch-size -1: must be >= 1")])
+def test_denoiser_step_rejects_bad_args(args, msg):
+    "benchmarks/denoiser_step.py refuses a bad count before loading anything."
+    with pytest.raises(SystemExit) as e: load_script("benchmarks/denoiser_step.py").main(args)
+    assert msg in str(e.value)
+
+
+def test_denoiser_step_batches_are_the_worlds_scenes():
+    "The benchmark's batches are rendered scenes in [0, 1] with their full captions, `batch_size` a batch."
+    m = load_script("benchmarks/denoiser_step.py")
+    bs = m.batches(2, 3)
+    assert len(bs) == 2 and all(b["images"].shape == (3, 3, 32, 32) and len(b["captions"]) == 3 for b in bs)
+    x = torch.cat([b["images"] for b in bs]); assert 0 <= x.min() and x.max() <= 1 and x.std() > 0.05
+    assert len({c for b in bs for c in b["captions"]}) == 6  # six different scenes, six captions
