@@ -85,6 +85,19 @@ def test_finished_then_data_changed_trains_anew(clean):
     assert "outputs/prepare/scenes.npz" in rec["set_aside"] and f"step {STEPS}" in rec["set_aside"], rec["set_aside"]
     assert not same(weights(work), ref), "new data must give new weights, not the finished run's"
 
+def test_finished_then_world_rebuilt_trains_anew(clean):
+    "A finished run, then a rebuilt world (other denoiser weights, where `make world` ships them): trained anew, new weights."
+    from safetensors.torch import load_file, save_file
+    work, ref = clean
+    repro(work); assert same(weights(work), ref)
+    unet = "world/weights/unet/diffusion_pytorch_model.safetensors"
+    save_file({k: v * 1.01 for k, v in load_file(work / unet).items()}, work / unet, metadata={"format": "pt"})
+    repro(work)
+    rec = run_record(work)
+    assert rec["start_step"] == 0, rec
+    assert unet in rec["set_aside"] and f"step {STEPS}" in rec["set_aside"], rec["set_aside"]
+    assert not same(weights(work), ref), "another denoiser must give new weights, not the finished run's"
+
 def test_killed_then_unchanged_resumes_bit_identical(clean):
     work, ref = clean
     step = killed_mid_run(work)
