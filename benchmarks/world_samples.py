@@ -21,7 +21,7 @@ Every denoiser measured also gets its sensitivity to the class word: the world r
 (`denoiser_sensitivity`, pooled over t = 100-700, 128 held-out scenes) with the class changed. Prints a table with
 95% Wilson intervals; writes it and the numbers to DIR (default /tmp/world_samples), a row as each run ends.
 """
-import argparse, contextlib, json, math, re, sys, time
+import argparse, contextlib, json, re, sys, time
 from pathlib import Path
 import numpy as np
 from dcr_nb import conditioning, world
@@ -29,6 +29,7 @@ from dcr_nb.core import root_path
 from dcr_nb.encoder import create_encoder
 from dcr_nb.fetch import load_fashion_mnist
 from dcr_nb.pipeline import PretrainDenoiserConfig, load_standin_diffusion, run_pretrain_denoiser
+from dcr_nb.verdicts import proportion_interval
 from dcr_nb.world import fit_reader, sample_recognition
 import yaml
 
@@ -76,10 +77,9 @@ def parse_sampler(name: str) -> tuple[int, float]:
     if not m or int(m[1]) < 1: raise SystemExit(f"unknown sampler {name!r}: ddimS or ddimS@G (S steps >= 1, G the guidance), e.g. ddim50@1.5")
     return int(m[1]), float(m[2] or 1.0)
 
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson(k: float, n: int) -> tuple[float, float]:
     "95% Wilson interval (%) of a proportion k/n."
-    p = k / n; c = (p + z * z / (2 * n)) / (1 + z * z / n); h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return 100 * (c - h), 100 * (c + h)
+    iv = proportion_interval(k, n); return iv["lo"], iv["hi"]
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -11,7 +11,8 @@ from scipy import stats
 
 # %% auto #0
 __all__ = ['VERDICTS', 'CLAIMS', 'ABLATIONS', 'seed_interval', 'paired_bootstrap', 'condition', 'combine', 'flat_metrics',
-           'seed_table', 'pair_scores', 'conflict_share', 'judge', 'verdict_table', 'judge_ablations']
+           'seed_table', 'pair_scores', 'conflict_share', 'proportion_interval', 'pooled_conflict_share', 'judge',
+           'verdict_table', 'judge_ablations']
 
 # %% ../nbs/07a_verdicts.ipynb #c105
 def seed_interval(values: Sequence[float], level: float = 0.95) -> dict:
@@ -106,11 +107,28 @@ def _claim(key: str, conds: list[dict]) -> dict:
     v = combine(c["outcome"] for c in conds)
     return {"claim": CLAIMS[key], "verdict": v, "score": VERDICTS[v], "conditions": conds}
 
+def _finite_cosines(cosines) -> np.ndarray:
+    c = np.asarray(cosines, dtype=float).ravel(); c = c[np.isfinite(c)]
+    if len(c) == 0: raise ValueError("conflict_share: no finite gradient cosines (was the probe on? stage2.probe_every > 0)")
+    return c
+
 def conflict_share(cosines) -> float:
     "Percent of probed steps with a negative gradient cosine."
-    c = np.asarray(cosines, dtype=float); c = c[np.isfinite(c)]
-    if len(c) == 0: raise ValueError("conflict_share: no finite gradient cosines (was the probe on? stage2.probe_every > 0)")
-    return 100.0 * float((c < 0).mean())
+    return 100.0 * float((_finite_cosines(cosines) < 0).mean())
+
+def proportion_interval(k: float, n: int, level: float = 0.95) -> dict:
+    "`k` of `n` as a percent with its Wilson score interval at `level` (never zero-width, unlike a t-interval of equal values)."
+    if not (n >= 1 and 0 <= k <= n): raise ValueError(f"proportion_interval needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    z, p = float(stats.norm.ppf(0.5 + level / 2)), k / n
+    mid, h = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"mean": 100.0 * p, "lo": 100.0 * max(0.0, mid - h), "hi": 100.0 * min(1.0, mid + h), "n": int(n)}
+
+def pooled_conflict_share(cosines_per_seed) -> dict:
+    """Percent of probed steps with a negative gradient cosine, all seeds' probes pooled, with its Wilson interval.
+    A seed interval of per-seed shares ignores that each share is itself a count of a few probes: three seeds with
+    10 of 20 negative each give a zero-width interval around 50."""
+    c = np.concatenate([_finite_cosines(c) for c in cosines_per_seed])
+    return proportion_interval(int((c < 0).sum()), len(c))
 
 # %% ../nbs/07a_verdicts.ipynb #c119
 def judge(runs: Mapping[str, Sequence[Mapping]], pairs: Mapping[str, Sequence[np.ndarray]], cosines: Mapping[str, Sequence[np.ndarray]],
@@ -124,7 +142,7 @@ def judge(runs: Mapping[str, Sequence[Mapping]], pairs: Mapping[str, Sequence[np
         if k not in table["baseline"]: raise ValueError(f"judge: no metric {k!r}; choose one of {sorted(table['baseline'])}")
     mean_pairs = _mean_pairs(pairs)
     boot = {n: paired_bootstrap(mean_pairs[n], mean_pairs["baseline"], n_boot, seed) for n in mean_pairs if n != "baseline"}
-    conflict = {o: {"negative_share": seed_interval([conflict_share(c) for c in cs]),
+    conflict = {o: {"negative_share": pooled_conflict_share(cs),
                     "mean_cosine": seed_interval([float(np.nanmean(c)) for c in cs])} for o, cs in cosines.items()}
     flat = {n: [flat_metrics(m) for m in ms] for n, ms in runs.items()}
     between = lambda a, b, k: _between(flat, a, b, k)
@@ -137,7 +155,7 @@ def judge(runs: Mapping[str, Sequence[Mapping]], pairs: Mapping[str, Sequence[np
     if "naive" in conflict:
         share = conflict["naive"]["negative_share"]
         claims["2_naive_conflict"] = _claim("2_naive_conflict", [
-            _cond("naive: % of probed steps with negative gradient cosine, minus 50 (seeds)",
+            _cond("naive: % of probed steps with negative gradient cosine, minus 50 (all seeds' probes, Wilson)",
                   {k: share[k] - 50 for k in ("mean", "lo", "hi")}, "up", 0.0)])
     if "dcr" in diff:
         conds = [_cond(f"dcr - baseline, {p_metric} (seeds)", diff["dcr"][p_metric], "up", margin_p),
