@@ -56,7 +56,7 @@ ablations: setup
 test: setup
 	bash scripts/test.sh
 
-# The default world's stand-ins, pretrained once (world/dvc.yaml; parameters in world/params.yaml; about an hour on
+# The default world's stand-ins, pretrained once (world/dvc.yaml; parameters in world/params.yaml; 98-130 minutes on
 # 2 CPU cores) and shipped: the weights and the report are copied to world/ (tracked by git), checked against
 # world/dvc.lock. `make repro` never runs this; it starts from the shipped world. world/ is a DVC project of its own:
 # `dvc --cd world status` asks about it.

@@ -2,7 +2,8 @@
 
 The world's build time is mostly the denoiser's pretraining (`world/params.yaml: pretrain_denoiser`), and its lever
 is training length (README, "Training length is the denoiser's lever"). The training loop runs CPUs in float32
-(`dcr_nb.train._accelerator`: mixed precision on GPU only). This script times the same update, the world's UNet
+unless a stage sets `cpu_bf16` (`dcr_nb.train._accelerator`; the world's pretrain_denoiser does, since this script
+measured it). This script times the same update, the world's UNet
 on rendered scenes with their full captions' MiniLM states (memoised first, as in the 12,000-step build after its
 first epoch), in float32 and under `torch.autocast("cpu", torch.bfloat16)`, alternating the two for `--rounds`
 rounds so that both see the same machine load; it also prints the loss of one fixed batch in each precision.

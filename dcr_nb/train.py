@@ -31,7 +31,8 @@ class TrainConfig(StageConfig):
     grad_clip: float = 1.0         # max global grad norm (0 = off)
     ckpt_every: int = 50           # checkpoint period in steps (and always at the end)
     seed: int = 0                  # seed of data order and of every random draw
-    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"  # used on GPU only; CPU runs in float32
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"  # used on GPU only; CPU runs in float32 unless cpu_bf16
+    cpu_bf16: bool = False         # on CPU, bfloat16 autocast (weights stay float32); pays on CPUs with AMX / AVX-512 BF16
 
     def __post_init__(self):
         super().__post_init__()
@@ -173,10 +174,16 @@ def lr_factor(warmup: int, steps: int, schedule: str, s: int) -> float:
 # %% ../nbs/05_train.ipynb #c020
 def _accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
     # step_scheduler_with_optimizer=False: otherwise accelerate steps the schedule once per *process* per update,
     # and 8 processes would warm up 8 times faster. Our schedule counts optimizer updates.
-    return Accelerator(mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no",
-                       step_scheduler_with_optimizer=False)
+    precision = cfg.mixed_precision if torch.cuda.is_available() else "bf16" if cfg.cpu_bf16 else "no"
+    # accelerate keeps one precision per process: a single process (a notebook that trains in float32, then with
+    # cpu_bf16) may switch it; under a distributed launch every stage is a process of its own, so it never has to.
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False)
 
 def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: TrainConfig, out,
           fp_extra=None, stop_after: int | None = None, desc: str = "train") -> dict:
