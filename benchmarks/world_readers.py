@@ -12,7 +12,7 @@ measures what a reader with the right inductive bias gets from the same pixels, 
   on true renders of `reader_test` scenes and on N samples of the shipped denoiser from held-out full captions
   (sampled the report's way): is the samples row held back by its reader or by the samples?
 
-    .venv/bin/python benchmarks/world_readers.py [--n-train 12000] [--epochs 15] [--n-probe 4000] [--samples 256] [--out DIR]
+    .venv/bin/python benchmarks/world_readers.py [--n-train 12000] [--epochs 15] [--n-probe 4000] [--samples 256] [--no-ceiling] [--out DIR]
 
 Prints a table; writes it and the numbers to DIR (default /tmp/world_readers).
 """
@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-train", type=int, default=12000); p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--n-probe", type=int, default=None, help="held-out scenes of the probe (default: the world report's)")
     p.add_argument("--samples", type=int, default=256); p.add_argument("--out", default="/tmp/world_readers")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the supervised scene CNN and the linear probes (only the samples' readers)")
     a = p.parse_args(argv)
     for flag, v, lo in (("--n-train", a.n_train, 10), ("--epochs", a.epochs, 1), ("--samples", a.samples, 0), ("--n-probe", a.n_probe, 2)):
         if v is not None and v < lo: raise SystemExit(f"{flag} {v}: must be >= {lo}")
@@ -70,17 +71,18 @@ def main(argv=None) -> int:
     def keep(name, **r):
         rows[name] = r; print(f"{name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()), flush=True)
         (out / "results.json").write_text(json.dumps(rows, indent=1))
-    # the ceiling: supervised CNN on whole scenes, scored on the probe's held-out half
-    specs = world_specs(train[1], a.n_train, seed, WORLD_STREAMS["reader"]); t0 = time.perf_counter()
-    m = fit(scenes(render_specs(specs, train[0], 32)), torch.tensor([s.label for s in specs]), a.epochs, seed)
-    fit_s = time.perf_counter() - t0
-    probe = world_specs(test[1], n_probe, seed, WORLD_STREAMS["probe"]); k = n_probe - max(1, round(n_probe * 0.5))
-    held = probe[k:]; y = np.array([s.label for s in held])
-    keep("scene CNN (supervised)", class_pct=100 * float((predict(m, scenes(render_specs(held, test[0], 32))) == y).mean()),
-         n_test=len(held), fit_s=fit_s)
-    shipped = create_encoder(model, pretrained=str(weights / "clip.safetensors")).eval(); torch.manual_seed(seed)
-    for name, clip in (("shipped CLIP, linear probe", shipped), ("untrained tower, linear probe", create_encoder(model, random_init=True).eval())):
-        keep(name, class_pct=attribute_probe(clip, n_probe, seed, attributes=("label",), data=test)["label"]["accuracy"], n_test=len(held))
+    shipped = create_encoder(model, pretrained=str(weights / "clip.safetensors")).eval()
+    if not a.no_ceiling:  # the ceiling: supervised CNN on whole scenes, scored on the probe's held-out half
+        specs = world_specs(train[1], a.n_train, seed, WORLD_STREAMS["reader"]); t0 = time.perf_counter()
+        m = fit(scenes(render_specs(specs, train[0], 32)), torch.tensor([s.label for s in specs]), a.epochs, seed)
+        fit_s = time.perf_counter() - t0
+        probe = world_specs(test[1], n_probe, seed, WORLD_STREAMS["probe"]); k = n_probe - max(1, round(n_probe * 0.5))
+        held = probe[k:]; y = np.array([s.label for s in held])
+        keep("scene CNN (supervised)", class_pct=100 * float((predict(m, scenes(render_specs(held, test[0], 32))) == y).mean()),
+             n_test=len(held), fit_s=fit_s)
+        torch.manual_seed(seed)
+        for name, clip in (("shipped CLIP, linear probe", shipped), ("untrained tower, linear probe", create_encoder(model, random_init=True).eval())):
+            keep(name, class_pct=attribute_probe(clip, n_probe, seed, attributes=("label",), data=test)["label"]["accuracy"], n_test=len(held))
     if a.samples:  # the samples row's reader: CNN on the report reader's crops against its MLP
         specs = world_specs(train[1], rep["n_reader"], seed, WORLD_STREAMS["reader"]); t0 = time.perf_counter()
         crop_cnn = fit(crops(render_specs(specs, train[0], 32), specs)[0], torch.tensor([s.label for s in specs]), a.epochs, seed)

@@ -5,9 +5,13 @@ and asks a reader (an MLP trained on rendered scenes; 78% on true renders) for t
 the garment where the caption puts it. This script reuses the shipped denoiser (world/weights/) and one reader, and
 measures the same row for several samplers side by side, with more samples for a tighter interval:
 
-    .venv/bin/python benchmarks/world_samples.py [--n 256] [--samplers ddim50,ddim200,ddim50@1.5] [--train 600,1200:w2+attn16] [--out DIR]
+    .venv/bin/python benchmarks/world_samples.py [--n 256] [--samplers ddim50,ddim200,ddim50@1.5] [--train 600,1200:w2+attn16] [--seed S] [--out DIR]
 
-A sampler is `ddimS` (S DDIM steps) with an optional `@G` (guidance G; default 1, none). `--train N[:UNET],...` also
+A sampler is `ddimS` (S DDIM steps) with an optional `@G` (guidance G; default 1, none), then optional options each
+after a "-": `etaE` (DDIM's eta: 0 is the report's deterministic DDIM, 1 adds DDPM-like noise at every step) and
+`trailing` (timesteps spaced from t = 999 down, as Lin et al. 2024 advise, instead of the shipped scheduler's
+"leading" spacing, which starts 50 steps at t = 980), e.g. `ddim50-eta1-trailing`. The options are
+`world.ddim_sample`'s; the report's own sampler is set in `world/params.yaml` (`report.eta`). `--train N[:UNET],...` also
 pretrains a denoiser from scratch for N steps each, with the world pipeline's code and parameters otherwise
 (`run_pretrain_denoiser`; needs `dvc --cd world repro prepare`), and samples it with the report's sampler: the
 training-length lever, beside the shipped denoiser's 3,000 steps. UNET changes the stand-in UNet
@@ -33,7 +37,7 @@ from dcr_nb.verdicts import proportion_interval
 from dcr_nb.world import fit_reader, sample_recognition
 import yaml
 
-SAMPLER = re.compile(r"ddim(\d+)(?:@(\d+(?:\.\d+)?))?")
+SAMPLER = re.compile(r"ddim(\d+)(?:@(\d+(?:\.\d+)?))?((?:-eta\d+(?:\.\d+)?|-trailing)*)")
 UNET_PART = re.compile(r"w([1-9]\d*)|attn16|lpb([1-9]\d*)")
 
 def unet_overrides(name: str) -> dict:
@@ -71,11 +75,24 @@ def class_sensitivity(d, n: int = 128, seed: int = 0, data=None) -> dict:
     try: return world.denoiser_sensitivity(d, n, attributes=("label",), seed=seed, data=data)["label"]["pooled"]
     finally: world.N_VALUES = saved
 
-def parse_sampler(name: str) -> tuple[int, float]:
-    "(DDIM steps, guidance) of a sampler name `ddimS` or `ddimS@G`."
+def parse_sampler(name: str) -> tuple[int, float, dict]:
+    "(DDIM steps, guidance, options) of a sampler name `ddimS[@G][-etaE][-trailing]`; options {} is the report's sampler."
     m = SAMPLER.fullmatch(name)
-    if not m or int(m[1]) < 1: raise SystemExit(f"unknown sampler {name!r}: ddimS or ddimS@G (S steps >= 1, G the guidance), e.g. ddim50@1.5")
-    return int(m[1]), float(m[2] or 1.0)
+    if not m or int(m[1]) < 1:
+        raise SystemExit(f"unknown sampler {name!r}: ddimS[@G][-etaE][-trailing] (S steps >= 1, G the guidance, E DDIM's eta), e.g. ddim50@1.5 or ddim50-eta1-trailing")
+    opts = {}
+    for o in filter(None, m[3].split("-")):
+        if o == "trailing": opts["spacing"] = "trailing"
+        else: opts["eta"] = float(o[3:])
+    return int(m[1]), float(m[2] or 1.0), opts
+
+@contextlib.contextmanager
+def sampler_options(opts: dict):
+    "`world.ddim_sample` (what `sample_recognition` draws with) given `opts` (eta, spacing) while inside; {} leaves it."
+    saved = world.ddim_sample
+    if opts: world.ddim_sample = lambda d, cond, steps, guidance, seed, eta=0.0: saved(d, cond, steps, guidance, seed, **({"eta": eta} | opts))
+    try: yield
+    finally: world.ddim_sample = saved
 
 def wilson(k: float, n: int) -> tuple[float, float]:
     "95% Wilson interval (%) of a proportion k/n."
@@ -84,6 +101,7 @@ def wilson(k: float, n: int) -> tuple[float, float]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=256); p.add_argument("--samplers", default="ddim50,ddim200,ddim50@1.5")
+    p.add_argument("--seed", type=int, default=None, help="draws the captions, the noise and the reader (default: the world report's; another seed gives 256 other captions, to check a choice made on the report's)")
     p.add_argument("--out", default="/tmp/world_samples"); p.add_argument("--train", default="", help="denoisers to pretrain: training steps, each with an optional :UNET, e.g. 600,1500:w2+attn16")
     a = p.parse_args(argv)
     samplers = {s: parse_sampler(s) for s in a.samplers.split(",") if s}  # every name checked before any work
@@ -91,7 +109,7 @@ def main(argv=None) -> int:
     if not samplers and not train_steps: raise SystemExit("nothing to measure: give --samplers, --train or both")
     if a.n < 1: raise SystemExit(f"--n {a.n}: the number of samples must be >= 1")
     params = yaml.safe_load(root_path("world/params.yaml").read_text()); rep, model = params["report"], params["pretrain_clip"]["model"]
-    weights = root_path("world/weights")
+    weights, seed = root_path("world/weights"), rep["seed"] if a.seed is None else a.seed
     if not (weights / "clip.safetensors").is_file():
         print(f"missing {weights}/clip.safetensors: the shipped world (git tracks it; `make world` rebuilds it)", file=sys.stderr); return 2
     clip = create_encoder(model, pretrained=str(weights / "clip.safetensors")).eval()
@@ -100,13 +118,13 @@ def main(argv=None) -> int:
     if train_steps and not (prep / "scenes.npz").is_file():
         print(f"missing {prep}/scenes.npz: --train needs the world's scenes, `dvc --cd world repro prepare` (16 s)", file=sys.stderr); return 2
     data = load_fashion_mnist("test"); t0 = time.perf_counter()
-    reader = fit_reader(n=rep["n_reader"], seed=rep["seed"]); print(f"reader fitted in {time.perf_counter() - t0:.0f} s", flush=True)
+    reader = fit_reader(n=rep["n_reader"], seed=seed); print(f"reader fitted in {time.perf_counter() - t0:.0f} s", flush=True)
     out, rows = Path(a.out), {}; out.mkdir(parents=True, exist_ok=True)
-    runs = [(name, "shipped", None, steps, guidance) for name, (steps, guidance) in samplers.items()]
+    runs = [(name, "shipped", None, steps, guidance, opts) for name, (steps, guidance, opts) in samplers.items()]
     pd_ = params["pretrain_denoiser"]; report_sampler = (rep["sample_steps"], rep["guidance"])
-    runs += [(f"trained{n}{'-' + u if u else ''}:ddim{report_sampler[0]}", f"{n}{' ' + u if u else ''}", (n, u), *report_sampler) for n, u in train_steps]
+    runs += [(f"trained{n}{'-' + u if u else ''}:ddim{report_sampler[0]}", f"{n}{' ' + u if u else ''}", (n, u), *report_sampler, {}) for n, u in train_steps]
     sensitivity = {}  # denoiser -> its class sensitivity, measured once
-    for name, denoiser, train, steps, guidance in runs:  # train: None (the shipped denoiser) or (steps, UNet variant) to pretrain
+    for name, denoiser, train, steps, guidance, opts in runs:  # train: None (the shipped denoiser) or (steps, UNet variant) to pretrain
         t0, train_s, dn = time.perf_counter(), 0.0, d
         if train:
             n_steps, unet = train; folder = out / f"denoiser{n_steps}{'-' + unet if unet else ''}"
@@ -115,9 +133,9 @@ def main(argv=None) -> int:
                                                     "ckpt_every": min(n_steps, pd_["ckpt_every"]), "data": str(prep), "out": str(folder), "train_dir": str(folder / "train")})
             with standin_unet_as(unet_overrides(unet)): dn = run_pretrain_denoiser(cfg)
             train_s = time.perf_counter() - t0; t0 = time.perf_counter()
-        if denoiser not in sensitivity: sensitivity[denoiser] = class_sensitivity(dn, 128, rep["seed"], data)
-        r = sample_recognition(dn, a.n, steps, guidance, rep["seed"], reader, data, out / f"{name.replace(':', '-')}.png")
-        rows[name] = {"denoiser": denoiser, "steps": steps, "guidance": guidance, "n": a.n, "class_%": r["label_%"],
+        if denoiser not in sensitivity: sensitivity[denoiser] = class_sensitivity(dn, 128, seed, data)
+        with sampler_options(opts): r = sample_recognition(dn, a.n, steps, guidance, seed, reader, data, out / f"{name.replace(':', '-')}.png")
+        rows[name] = {"denoiser": denoiser, "steps": steps, "guidance": guidance, "options": opts, "n": a.n, "class_%": r["label_%"],
                       "class_ci": wilson(r["label_%"] * a.n / 100, a.n), "colour_%": r["color_%"],
                       "class_sensitivity_%": sensitivity[denoiser]["gain_%"], "class_sensitivity_ci": sensitivity[denoiser]["ci95"],
                       "unet_params_M": sum(q.numel() for q in dn.unet.parameters()) / 1e6,
@@ -125,7 +143,7 @@ def main(argv=None) -> int:
         print(f"{name}: class {r['label_%']:.1f}, colour {r['color_%']:.1f}, class sensitivity {rows[name]['class_sensitivity_%']:.1f}%, "
               f"sampled in {rows[name]['seconds']:.0f} s", flush=True)
         (out / "results.json").write_text(json.dumps(rows, indent=1))  # kept as each run ends
-    table = [f"Samples from {a.n} held-out full captions (the report's first {rep['n_samples']} among them), read by one reader "
+    table = [f"Samples from {a.n} held-out full captions (seed {seed}" + (f"; the report's first {rep['n_samples']} among them" if seed == rep["seed"] else "; not the report's") + "), read by one reader "
              f"(true renders: {next(iter(rows.values()))['reference_class_%']:.1f}% class):", "",
              "| run | denoiser (training steps, UNet) | UNet M params | DDIM steps | guidance | class % [95% CI] | colour % | class sensitivity % | training s | sampling s |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -19,7 +19,7 @@ from .pipeline import predicted_x0, sample
 # %% auto #0
 __all__ = ['WORLD_STREAMS', 'BENCH_ATTRS', 'GOALS', 'ATTRIBUTE_CATEGORY', 'world_specs', 'render_specs', 'benchmark_pairs',
            'text_oracle', 'attribute_probe', 'other_value', 'denoiser_sensitivity', 'item_crop', 'read_scenes',
-           'fit_reader', 'sample_grid', 'sample_recognition', 'world_report', 'report_table']
+           'fit_reader', 'sample_grid', 'ddim_sample', 'sample_recognition', 'world_report', 'report_table']
 
 # %% ../nbs/08a_world.ipynb #w005
 WORLD_STREAMS = {"probe": 10, "sensitivity": 11, "changes": 12, "samples": 13, "reader": 14, "reader_test": 15}  # scene_rng streams
@@ -159,12 +159,26 @@ def sample_grid(images: np.ndarray, specs, ok=None, ncols: int = 8):
     return fig
 
 # %% ../nbs/08a_world.ipynb #w029
+@torch.no_grad()
+def ddim_sample(d, cond: torch.Tensor, steps: int = 50, guidance: float = 1.0, seed: int = 0, eta: float = 0.0,
+                spacing: str | None = None) -> torch.Tensor:
+    "`pipeline.sample` with DDIM's `eta` (0: deterministic, `sample`'s draw bit for bit; 1: fresh noise at every step, as DDPM's ancestral sampler) and the timestep `spacing` (None: the scheduler's)."
+    if not eta and spacing is None: return sample(d, cond, steps, guidance, seed)
+    from diffusers import DDIMScheduler
+    sch = DDIMScheduler.from_config(d.scheduler.config, **({"timestep_spacing": spacing} if spacing else {})); sch.set_timesteps(steps)
+    c, g = d.unet.config, torch.Generator().manual_seed(seed)
+    x = torch.randn(len(cond), c.in_channels, c.sample_size, c.sample_size, generator=g); empty = d.empty.expand_as(cond)
+    for t in sch.timesteps:
+        tt = t.expand(len(x)); pc, pu = d.denoise(x, tt, cond), d.denoise(x, tt, empty)
+        x = sch.step(pu + guidance * (pc - pu), t, x, eta=eta, generator=g).prev_sample
+    return d.codec.decode(x)
+
 def sample_recognition(d, n: int = 64, steps: int = 50, guidance: float = 3.0, seed: int = 0, reader=None,
-                       data=None, path=None, batch_size: int = 64, n_show: int = 16) -> dict:
-    "How often `reader` (default: `fit_reader()`) reads the captioned class and colour in samples from held-out full captions (%)."
+                       data=None, path=None, batch_size: int = 64, n_show: int = 16, eta: float = 0.0) -> dict:
+    "How often `reader` (default: `fit_reader()`) reads the captioned class and colour in samples (`ddim_sample` with `eta`) from held-out full captions (%)."
     images, labels = data or load_fashion_mnist("test"); reader = reader or fit_reader(seed=seed)
     specs = world_specs(labels, n, seed, WORLD_STREAMS["samples"]); caps = [full_caption(s) for s in specs]
-    gen = torch.cat([sample(d, d.text(caps[b:b + batch_size]), steps, guidance, seed + b) for b in range(0, n, batch_size)])
+    gen = torch.cat([ddim_sample(d, d.text(caps[b:b + batch_size]), steps, guidance, seed + b, eta) for b in range(0, n, batch_size)])
     gen = (gen.movedim(1, -1).cpu().numpy() * 255).round().astype(np.uint8)  # (n, H, W, 3)
     got, ref = read_scenes(reader, gen, specs), read_scenes(reader, render_specs(specs, images, gen.shape[1]), specs)
     truth = {k: np.array([getattr(s, k) for s in specs]) for k in got}
@@ -180,7 +194,7 @@ def sample_recognition(d, n: int = 64, steps: int = 50, guidance: float = 3.0, s
 def world_report(clip, tokenizer, d, mmvp=None, eval_test: dict | None = None, eval_train: dict | None = None, seed: int = 0,
                  pairs_per_category: int = 50, n_eval: int = 2000, n_probe: int = 2000, n_sensitivity: int = 64,
                  timesteps=(100, 300, 500, 700), n_samples: int = 64, sample_steps: int = 50, guidance: float = 3.0,
-                 figure=None, reader=None) -> dict:
+                 figure=None, reader=None, eta: float = 0.0) -> dict:
     "Every instrument on `clip` + `d` (plus D-Ability and, given the folder `mmvp`, the MMVP-style score); a JSON-able dict."
     secs, t0 = {}, [time.perf_counter()]
     def lap(k): secs[k] = round(time.perf_counter() - t0[0], 1); t0[0] = time.perf_counter()
@@ -193,7 +207,7 @@ def world_report(clip, tokenizer, d, mmvp=None, eval_test: dict | None = None, e
     out["text_oracle"] = text_oracle(clip, tokenizer, pairs).to_dict(); lap("text_oracle")
     out["attribute_probe"] = attribute_probe(clip, n_probe, seed, data=(te, yte)); lap("attribute_probe")
     out["denoiser_sensitivity"] = denoiser_sensitivity(d, n_sensitivity, timesteps, seed=seed, data=(te, yte)); lap("denoiser_sensitivity")
-    out["sample_recognition"] = sample_recognition(d, n_samples, sample_steps, guidance, seed, reader, (te, yte), figure); lap("sample_recognition")
+    out["sample_recognition"] = sample_recognition(d, n_samples, sample_steps, guidance, seed, reader, (te, yte), figure, eta=eta); lap("sample_recognition")
     return out | {"seconds": secs}
 
 # %% ../nbs/08a_world.ipynb #w033

@@ -181,10 +181,11 @@ def test_world_levers_class_loss_adds_a_cross_entropy_to_lit(models):
 
 
 def test_world_samples_sampler_names_and_interval():
-    "benchmarks/world_samples.py: `ddimS[@G]` names a sampler; a bad name stops the run before the world is loaded; Wilson intervals."
+    "benchmarks/world_samples.py: `ddimS[@G][-etaE][-trailing]` names a sampler; a bad name stops the run before the world is loaded; Wilson intervals."
     m = bench("world_samples")
-    assert m.parse_sampler("ddim50") == (50, 1.0) and m.parse_sampler("ddim200@1.5") == (200, 1.5)
-    for bad in ("ddpm50", "ddim0", "ddim50@", "ddim50@x"):
+    assert m.parse_sampler("ddim50") == (50, 1.0, {}) and m.parse_sampler("ddim200@1.5") == (200, 1.5, {})
+    assert m.parse_sampler("ddim50@2-eta0.5-trailing") == (50, 2.0, {"eta": 0.5, "spacing": "trailing"})
+    for bad in ("ddpm50", "ddim0", "ddim50@", "ddim50@x", "ddim50-eta", "ddim50-leading", "ddim50trailing"):
         with pytest.raises(SystemExit, match="unknown sampler"): m.parse_sampler(bad)
     with pytest.raises(SystemExit, match="unknown sampler 'x'"): m.main(["--samplers", "ddim50,x", "--out", "/nonexistent/never-written"])
     with pytest.raises(SystemExit, match="--train '600,x'"): m.main(["--train", "600,x", "--out", "/nonexistent/never-written"])
@@ -205,6 +206,17 @@ def test_world_samples_sampler_names_and_interval():
     lo, hi = m.wilson(37, 256)
     assert 10.6 < lo < 10.8 and 19.2 < hi < 19.4  # 14.5% of 256: [10.7, 19.3]
     assert m.wilson(0, 64)[0] == pytest.approx(0, abs=1e-12) and m.wilson(64, 64)[1] == pytest.approx(100)
+
+
+def test_world_samples_sampler_options_patch_the_world_sampler_only_inside(models):
+    "benchmarks/world_samples.py: `sampler_options` makes `sample_recognition` draw with eta / spacing inside, and restores `world.ddim_sample`."
+    from dcr_nb import world
+    m, d = bench("world_samples"), models[2]; cond = d.text(["a red bag", "two blue sandals"]); orig = world.ddim_sample
+    with m.sampler_options({}): assert world.ddim_sample is orig
+    with pytest.raises(RuntimeError, match="inside"), m.sampler_options({"eta": 1.0, "spacing": "trailing"}):
+        assert torch.equal(world.ddim_sample(d, cond, 3, 1.0, 5), orig(d, cond, 3, 1.0, 5, eta=1.0, spacing="trailing"))
+        raise RuntimeError("inside")
+    assert world.ddim_sample is orig  # restored, even after an error
 
 
 def test_world_levers_drops_rows_and_scenes_made_from_other_world_scenes(tmp_path, monkeypatch):
