@@ -150,7 +150,7 @@ def sample_grid(images: np.ndarray, specs, ok=None, ncols: int = 8):
     "A figure of generated `images` (N, H, W, 3) titled with their captions' class and colour (and a mark if `ok` is given)."
     import matplotlib.pyplot as plt
     nrows = -(-len(images) // ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(1.4 * ncols, 1.6 * nrows), squeeze=False)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(1.4 * ncols, 1.85 * nrows), squeeze=False)
     for ax in axs.flat: ax.axis("off")
     for k, (ax, im, s) in enumerate(zip(axs.flat, images, specs)):
         mark = "" if ok is None else (" ✓" if ok[k] else " ✗")
