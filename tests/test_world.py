@@ -307,3 +307,24 @@ def test_world_class_breakdown_and_probe_agree():
     specs = [SceneSpec(item=0, label=0, size=i % 2) for i in range(4)]
     assert m.by_value(np.array([True, False, True, True]), specs, ("size",)) == {"size": {0: [100.0, 2], 1: [50.0, 2]}}
     with pytest.raises(SystemExit, match="--n 10"): m.main(["--n", "10", "--out", "/nonexistent/never-written"])
+
+
+def test_world_class_tokens_and_probe_c():
+    "benchmarks/world_class.py: block_tokens hooks the residual stream (the last block's class token, ln_post and proj give encode_image); probe_c sweeps C and picks one by CV."
+    from dcr_nb.encoder import create_encoder
+    from dcr_nb.evaluate import linear_probe, model_pixels
+    m = bench("world_class")
+    torch.manual_seed(0); clip = create_encoder("tiny", random_init=True).eval(); v = clip.visual
+    x = torch.rand(5, 3, 32, 32)
+    last, second = m.block_tokens(clip, x, block=-1, batch_size=2), m.block_tokens(clip, x, batch_size=3)
+    n_tok = (32 // v.conv1.kernel_size[0]) ** 2 + 1
+    assert last.shape == second.shape == (5, n_tok, v.conv1.out_channels) and not torch.allclose(last, second)
+    with torch.no_grad(): want = clip.encode_image(model_pixels(clip, x))
+    torch.testing.assert_close(v.ln_post(last[:, 0]) @ v.proj, want, rtol=1e-4, atol=1e-5)
+    rng = np.random.default_rng(0); y = rng.integers(0, 3, 200); f = rng.normal(size=(200, 8)) + y[:, None]
+    r = m.probe_c(f[:100], y[:100], f[100:], y[100:], grid=(0.01, 1.0))
+    assert set(r["swept"]) == {0.01, 1.0} and r["cv_C"] in (0.01, 1.0) and r["cv_test_%"] == r["swept"][r["cv_C"]][0]
+    assert r["swept"][1.0][0] == pytest.approx(100 * linear_probe(f[:100], y[:100], f[100:], y[100:]))
+    assert all(0 <= a <= 100 for pair in r["swept"].values() for a in pair)
+    t = m.token_readings(clip, x.repeat(8, 1, 1, 1), np.arange(40) % 2, 20)
+    assert set(t) == {"class token", "mean of patch tokens", "all patch tokens"} and all(0 <= a <= 100 for a in t.values())
