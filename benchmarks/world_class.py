@@ -37,24 +37,23 @@ import yaml
 
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
-def probe_predictions(train_x, train_y, test_x) -> np.ndarray:
-    "The class each test row gets from a probe fitted as `linear_probe` fits one (main checks the accuracies agree)."
+def probe_model(C: float = PROBE_C):
+    "An unfitted probe as `linear_probe` builds one (standardise, then logistic regression), with inverse regularisation C."
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER))
-    return clf.fit(_l2(train_x), np.asarray(train_y)).predict(_l2(test_x))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=PROBE_MAX_ITER))
+
+def probe_predictions(train_x, train_y, test_x) -> np.ndarray:
+    "The class each test row gets from a probe fitted as `linear_probe` fits one (main checks the accuracies agree)."
+    return probe_model().fit(_l2(train_x), np.asarray(train_y)).predict(_l2(test_x))
 
 def probe_c(train_x, train_y, test_x, test_y, grid=C_GRID, folds: int = 5) -> dict:
     "The report's probe at each C of `grid`: [test %, fit %]; and the C 5-fold cross-validation on the fitting half picks, with its test %."
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     xa, xb, ya, yb = _l2(train_x), _l2(test_x), np.asarray(train_y), np.asarray(test_y)
-    clf = lambda c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=PROBE_MAX_ITER))
-    swept = {c: [100 * m.score(xb, yb), 100 * m.score(xa, ya)] for c in grid for m in [clf(c).fit(xa, ya)]}
-    cv = {c: float(cross_val_score(clf(c), xa, ya, cv=folds).mean()) for c in grid}
+    swept = {c: [100 * m.score(xb, yb), 100 * m.score(xa, ya)] for c in grid for m in [probe_model(c).fit(xa, ya)]}
+    cv = {c: float(cross_val_score(probe_model(c), xa, ya, cv=folds).mean()) for c in grid}
     best = max(grid, key=lambda c: (cv[c], -c))  # ties: the stronger regularisation
     return {"swept": swept, "cv_C": best, "cv_test_%": swept[best][0]}
 
