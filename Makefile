@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dcr-nb-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DCR_NB_ROOT := $(abspath .)
 
-.PHONY: setup data chromium notebooks repro results test lab clean-outputs paper world gpu-check ablations
+.PHONY: setup data chromium notebooks readme repro results test lab clean-outputs paper world gpu-check ablations
 .DEFAULT_GOAL := repro
 
 # The virtual environment with every pinned dependency and the package itself (editable).
@@ -35,13 +35,14 @@ repro: setup
 	dvc repro
 	@echo; sed -n '/^### Verdicts/,/^### Metrics/p' outputs/figures/summary.md | sed '$$d'; echo "(all tables: outputs/figures/summary.md; figures: outputs/figures/*.png)"
 
-# Publish the last run's verdicts, tables and figures to docs/ (tracked by git; the README shows them).
+# Publish the last run's verdicts, tables and figures to docs/ (tracked by git), and render the README from them.
 # tests/test_results.py checks that the copies are the outputs dvc.lock records.
 results:
 	cp outputs/figures/summary.md docs/results.md
 	cp outputs/figures/pd_plane.png outputs/figures/mmvp_per_category.png outputs/figures/grad_cosines.png outputs/figures/tsne.png docs/
 	@if [[ -f ablations/outputs/summary.md ]]; then set -x; cp ablations/outputs/summary.md docs/ablations.md; \
 	  cp ablations/outputs/pd_plane.png docs/ablations_pd_plane.png; cp ablations/outputs/mmvp_per_category.png docs/ablations_mmvp_per_category.png; fi
+	$(MAKE) readme
 
 # The paper's ablations (claim 4: one end-to-end stage; other conditioning tokens than the class token), beside the
 # default run: ablations/dvc.yaml, parameters in ablations/params.yaml (the rest from params.yaml). 28 minutes measured
@@ -83,6 +84,13 @@ gpu-check: $(STAMP)
 notebooks: setup
 	$(BIN)/python scripts/execute_nbs.py
 	nbdev_clean
+
+# README.md is generated: execute nbs/index.ipynb (its tables are read from docs/ and the dvc.yaml files), then render it
+# (scripts/readme.py, in place of nbdev_readme, which needs Quarto). `make test` fails while README.md differs from it.
+readme: $(STAMP)
+	$(BIN)/python scripts/execute_nbs.py nbs/index.ipynb
+	nbdev_clean --fname nbs/index.ipynb
+	$(BIN)/python scripts/readme.py
 
 # JupyterLab on the notebooks (works as root too).
 lab: setup

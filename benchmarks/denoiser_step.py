@@ -21,7 +21,7 @@ from dcr_nb.core import root_path
 from dcr_nb.data import full_caption, to_tensor
 from dcr_nb.encoder import get_tokenizer
 from dcr_nb.fetch import load_fashion_mnist
-from dcr_nb.pipeline import text_tower_only
+from dcr_nb.pretrain import text_tower_only
 from dcr_nb.tasks import DenoiserPretrainTask
 from dcr_nb.world import WORLD_STREAMS, render_specs, world_specs
 

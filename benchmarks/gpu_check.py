@@ -7,7 +7,7 @@
 Builds Stable Diffusion 2.1's UNet and VAE shapes (random weights: speed and memory do not depend on them), a random
 text tower of SD 2.1's shape for the empty prompt, and the paper's OpenAI ViT-L-14 at 224 and 336 px (random weights),
 then the real `DCRTask` of stage 1 (projector trained) and stage 2 (LoRA r16 on the image tower) through
-`dcr_nb.pipeline.dcr_task`. At B = 16 per GPU it times the training micro-step as `dcr_nb.train` runs it (bf16 autocast
+`dcr_nb.dcr_stages.dcr_task`. At B = 16 per GPU it times the training micro-step as `dcr_nb.train` runs it (bf16 autocast
 as accelerate's mixed_precision=bf16 with fp32 weights, forward, backward, grad clip, AdamW, schedule; deterministic
 algorithms on, as the trainer sets them) and its peak memory, for the straightforward step and for ours (`fast=True`)
 with chunk sizes 16, 64 and all, with and without activation checkpointing, with PyTorch SDPA attention, then
@@ -119,7 +119,7 @@ def n_params(m) -> int: return sum(p.numel() for p in m.parameters())
 
 def stage_config(prof: Profile, key: str, stage: int, s: Setting, projector: str = ""):
     "The `DCRStageConfig` of the paper recipe's stage `stage` (paper/params.yaml's numbers) with setting `s`."
-    from dcr_nb.pipeline import DCRStageConfig
+    from dcr_nb.dcr_stages import DCRStageConfig
     return DCRStageConfig(stage=stage, objective="dcr", tau=0.1, num_negatives=0, chunk_size=s.chunk_size, fast=s.fast,
                           checkpoint=s.checkpoint, hflip=0.5, vflip=0.5, model=key, lora_r=16 if stage == 2 else 0,
                           lora_alpha=16.0, lora_dropout=0.1, projector=projector if stage == 2 else "",
@@ -131,7 +131,7 @@ def build_task(cfg, s: Setting, clip, d, dev: str):
     "The real task through `dcr_task` (LoRA adapters of an earlier setting removed first); torch.compile swapped in when `s.compile`."
     import torch
     from peft.tuners.lora import LoraModel
-    from dcr_nb.pipeline import dcr_task
+    from dcr_nb.dcr_stages import dcr_task
     from dcr_nb.speed import fast_denoise
     if isinstance(clip.visual, LoraModel): clip.visual = clip.visual.unload()  # dcr_task adds fresh adapters
     if not s.fast: d.unet.to(memory_format=torch.contiguous_format)  # undo an earlier fast setting's in-place channels-last

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def stage_config(p: dict, stage: int, k: int, out: Path):
     "The `DCRStageConfig` that dvc.yaml builds for stage<stage>@dcr-<first seed>, with num_negatives = k and outputs under `out`."
-    from dcr_nb.pipeline import DCRStageConfig
+    from dcr_nb.dcr_stages import DCRStageConfig
     s, o, dcr = p[f"stage{stage}"], p["objectives"]["dcr"], p["dcr"]
     return DCRStageConfig(
         stage=stage, objective=o["objective"], target=dcr["target"], tau=o["tau"], lam=o["lam"], num_negatives=k,
@@ -38,7 +38,8 @@ def stage_config(p: dict, stage: int, k: int, out: Path):
 
 def run_k(p: dict, k: int, out: Path) -> dict:
     "Stage 1, stage 2 and evaluation with k negatives; returns the metrics (and the training wall times)."
-    from dcr_nb.pipeline import EvaluateConfig, run_dcr_stage, run_evaluate
+    from dcr_nb.compare import EvaluateConfig, run_evaluate
+    from dcr_nb.dcr_stages import run_dcr_stage
     from dcr_nb.core import file_md5, package_code
     done, d = out / "metrics.json", p["world"]["denoiser"]
     inputs = {"k": k, "params": {s: p[s] for s in ("dcr", "stage1", "stage2", "evaluate", "world", "prepare", "seeds")},
@@ -85,7 +86,7 @@ def main(argv=None):
     for k in ks:
         print(f"== K = {k}", flush=True)
         rows[f"dcr, K = {k}"] = run_k(p, k, out / f"k{k}")
-    from dcr_nb.pipeline import comparison_table
+    from dcr_nb.compare import comparison_table
     table = comparison_table({n: {"mmvp": m["mmvp"], "d_ability": m["d_ability"]} for n, m in rows.items()})
     cols = ["MMVP mean"] + [c for c in table.columns if c in ("cluster_nmi", "cluster_acc", "zero_shot_acc", "linear_probe_acc")]
     md = table[cols].to_markdown()

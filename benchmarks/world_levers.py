@@ -59,7 +59,7 @@ from dcr_nb.data import (PrepareConfig, arrays_to_specs, eval_set, full_caption,
 from dcr_nb.encoder import create_encoder, embed_dim, get_tokenizer, image_embedding, save_encoder
 from dcr_nb.evaluate import evaluate_d_ability
 from dcr_nb.fetch import load_fashion_mnist
-from dcr_nb.pipeline import PretrainClipConfig, load_clip, run_pretrain_clip
+from dcr_nb.pretrain import PretrainClipConfig, load_clip, run_pretrain_clip
 from dcr_nb.tasks import ClipPretrainTask
 from dcr_nb.train import batch_indices, train
 from dcr_nb.world import WORLD_STREAMS, attribute_probe, render_specs, world_specs

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     from dcr_nb.data import full_caption
     from dcr_nb.encoder import create_encoder
     from dcr_nb.fetch import load_fashion_mnist
-    from dcr_nb.pipeline import load_standin_diffusion, sample
+    from dcr_nb.pretrain import load_standin_diffusion, ddim_sample as sample
     from dcr_nb.world import WORLD_STREAMS, attribute_probe, fit_reader, render_specs, world_specs
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
     out, rows = Path(a.out), {}; out.mkdir(parents=True, exist_ok=True)

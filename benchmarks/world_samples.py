@@ -32,7 +32,7 @@ from dcr_nb import conditioning, world
 from dcr_nb.core import root_path
 from dcr_nb.encoder import create_encoder
 from dcr_nb.fetch import load_fashion_mnist
-from dcr_nb.pipeline import PretrainDenoiserConfig, load_standin_diffusion, run_pretrain_denoiser
+from dcr_nb.pretrain import PretrainDenoiserConfig, load_standin_diffusion, run_pretrain_denoiser
 from dcr_nb.verdicts import proportion_interval
 from dcr_nb.world import fit_reader, sample_recognition
 import yaml

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['ROOT_ENV', 'repo_root', 'root_path', 'seed_everything', 'atomic_write', 'ConfigError', 'StageConfig', 'file_md5',
-           'package_code', 'loaded_code', 'dvc_stage', 'dvc_projects', 'stage_deps', 'stage_inputs', 'undeclared_code',
-           'check_declared_code']
+__all__ = ['ROOT_ENV', 'repo_root', 'root_path', 'seed_everything', 'atomic_write', 'ConfigError', 'StageConfig', 'read_params',
+           'lookup', 'file_md5', 'package_code', 'loaded_code', 'dvc_stage', 'dvc_projects', 'stage_deps',
+           'stage_inputs', 'undeclared_code', 'check_declared_code']
 
 # %% ../nbs/00_core.ipynb #c005
 ROOT_ENV = "DCR_NB_ROOT"  # environment variable that overrides root discovery
@@ -122,8 +122,61 @@ class StageConfig:
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
     def __str__(self):
-        w = max(len(k) for k in self.to_dict())
-        return "\n".join([type(self).__name__] + [f"  {k:<{w}} = {v!r}" for k, v in self.to_dict().items()])
+        "Every field and its value; and, for a config read from a parameters file, where each value came from."
+        d, src = self.to_dict(), getattr(self, "_sources", None)
+        w, vw = max(len(k) for k in d), max(len(repr(v)) for v in d.values())
+        line = lambda k, v: f"  {k:<{w}} = {v!r:<{vw}}  # {src.get(k, 'default')}" if src is not None else f"  {k:<{w}} = {v!r}"
+        return "\n".join([type(self).__name__] + [line(k, v) for k, v in d.items()])
+
+# %% ../nbs/00_core.ipynb #c023b
+def read_params(path) -> dict:
+    "The parameters file at `path` (from the repository root, or absolute): section names to settings."
+    import yaml
+    p = Path(path) if Path(path).is_absolute() else root_path(path)
+    if not p.is_file(): raise ConfigError(f"no parameters file {path} (looked for {p})")
+    d = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(d, dict): raise ConfigError(f"{path}: a parameters file maps section names to settings, got {type(d).__name__}")
+    return d
+
+def lookup(params: dict, dotted: str, file: str = "params"):
+    "The value at `dotted` (`prepare.out`, `objectives.dcr`) in the parameters `params` read from `file`."
+    v = params
+    for i, k in enumerate(keys := dotted.split(".")):
+        if not isinstance(v, dict) or k not in v:
+            there = f"keys there: {', '.join(map(str, v))}" if isinstance(v, dict) else f"{'.'.join(keys[:i])} is a {type(v).__name__}"
+            raise ConfigError(f"{file}: no `{'.'.join(keys[:i + 1])}` ({there})")
+        v = v[k]
+    return v
+
+# %% ../nbs/00_core.ipynb #c023c
+def _read(cls, params: str, reads: str) -> tuple[dict, dict]:
+    "The values `reads` names in the parameters files (see above), and where each came from."
+    names, files, vals, src = [f.name for f in dataclasses.fields(cls)], {}, {}, {}
+    hints = typing.get_type_hints(cls)
+    for item in reads.split():
+        field, _, ref = item.rpartition("<-")
+        file, _, dotted = ref.rpartition(":")
+        file = file or params
+        v = lookup(files.setdefault(file, read_params(file)), dotted, file)
+        if not field and not isinstance(v, dict):
+            raise ConfigError(f"{cls.__name__}: {file}: `{dotted}` is a value, not a section; read it as `<field><-{dotted}`")
+        for k, x in ({field: v} if field else v).items():
+            if k not in names:
+                hint = f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, names, 1)) else ""
+                raise ConfigError(f"{cls.__name__}: {file}: `{dotted}{'' if field else '.' + k}` names no parameter '{k}'{hint}; known: {', '.join(names)}")
+            if hints[k] is str and isinstance(x, (list, dict)): x = ",".join(map(str, x))  # a list (or a mapping's names) for a comma-separated field
+            vals[k], src[k] = x, f"{file}: {dotted if field else dotted + '.' + k}"
+    return vals, src
+
+def _from_params(cls, params: str, reads: str, **given):
+    "Build from the parameters file `params`: the values `reads` names, then `given` (the matrix item, output paths)."
+    vals, src = _read(cls, params, reads)
+    vals.update(given); src.update({k: "given by the stage" for k in given})
+    cfg = cls.from_dict(vals)
+    object.__setattr__(cfg, "_sources", src)
+    return cfg
+
+StageConfig.from_params = classmethod(_from_params)
 
 # %% ../nbs/00_core.ipynb #c101
 def file_md5(path) -> str:

@@ -4,28 +4,27 @@
 
 # %% ../nbs/09_paper.ipynb #c001
 from __future__ import annotations
-import dataclasses, hashlib, io, json, os, sys
+import dataclasses, hashlib, json, os, sys
 from pathlib import Path
 import numpy as np
 import torch
 from .core import ConfigError, StageConfig, atomic_write, root_path, seed_everything
-from .data import (TarShardDataset, ImageFolderDataset, expand_shards, read_mmvp, MMVPFormatError, MMVP_IMAGES,
-                         MMVP_HEADER, MMVP_CATEGORIES)
-from .encoder import (BACKBONES, MissingWeightsError, resolve_pretrained, _tag_files, create_encoder,
-                            get_tokenizer, save_encoder)
+from .data import TarShardDataset, ImageFolderDataset, expand_shards, read_mmvp, MMVPFormatError, MMVP_IMAGES, MMVP_HEADER
+from .encoder import BACKBONES, MissingWeightsError, resolve_pretrained, _tag_files, create_encoder, get_tokenizer
 from .conditioning import load_sd
 from .tasks import DCRTask
 from .evaluate import evaluate_mmvp, evaluate_d_ability, model_image_size
-from .pipeline import DCRStageConfig, require, dcr_task, train_dcr, write_evaluation
+from .pretrain import require
+from .dcr_stages import DCRStageConfig, dcr_task, train_dcr
+from .compare import write_evaluation
 from .hf import export_hf, import_hf
 
 # %% auto #0
 __all__ = ['SD_FILES', 'SD_HOW', 'SHARDS_HOW', 'MMVP_HOW', 'PAPER_PARAMS', 'Missing', 'PaperInputsMissing', 'open_clip_name',
            'open_clip_cfg', 'check_clip', 'check_sd', 'check_shards', 'check_mmvp', 'check_image_folder', 'PaperInputs',
-           'preflight', 'write_shards', 'write_tiny_sd', 'write_mmvp_folder', 'fake_paper_inputs', 'shard_share',
-           'ShardCounts', 'ShardStream', 'shard_batches', 'PaperStageConfig', 'file_id', 'clip_weights',
-           'build_paper_task', 'run_paper_stage', 'image_folder_set', 'PaperEvaluateConfig', 'run_paper_evaluate',
-           'read_inputs', 'main']
+           'preflight', 'shard_share', 'ShardCounts', 'ShardStream', 'shard_batches', 'PaperStageConfig', 'file_id',
+           'clip_weights', 'build_paper_task', 'run_paper_stage', 'image_folder_set', 'PaperEvaluateConfig',
+           'run_paper_evaluate', 'read_inputs', 'main']
 
 # %% ../nbs/09_paper.ipynb #c006
 @dataclasses.dataclass(frozen=True)
@@ -154,69 +153,6 @@ def preflight(model=None, pretrained=None, cache_dir: str = "", sd=None, shards=
     if mmvp is not None: out["mmvp"] = f"{len(read_mmvp(root_path(mmvp)))} pairs"
     if d_ability: out["d_ability"] = f"{sum(p.is_dir() for p in root_path(d_ability).iterdir())} classes"
     return out
-
-# %% ../nbs/09_paper.ipynb #c022
-def _jpeg(rgb, size: int = 40) -> bytes:
-    from PIL import Image
-    buf = io.BytesIO(); Image.new("RGB", (size, size), tuple(int(c) for c in rgb)).save(buf, "JPEG"); return buf.getvalue()
-
-def write_shards(folder, n_shards: int = 4, per_shard: int = 6, seed: int = 0) -> str:
-    "Write `n_shards` webdataset shards of plain-colour JPEGs with captions; returns their brace pattern."
-    import tarfile
-    rng, folder = np.random.default_rng(seed), Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    for s in range(n_shards):
-        with tarfile.open(folder / f"{s:05d}.tar", "w") as tf:
-            for i in range(per_shard):
-                rgb = rng.integers(0, 256, 3); key = f"{s:05d}{i:04d}"
-                for ext, data in (("jpg", _jpeg(rgb)), ("txt", f"sample {key} colour {rgb[0]} {rgb[1]} {rgb[2]}".encode())):
-                    ti = tarfile.TarInfo(f"{key}.{ext}"); ti.size = len(data); tf.addfile(ti, io.BytesIO(data))
-    return str(folder / f"{{00000..{n_shards - 1:05d}}}.tar")
-
-def write_tiny_sd(folder) -> Path:
-    "A complete diffusers Stable Diffusion folder with tiny random models (32 px images, 16x16x4 latents, 32-wide text)."
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-    d = Path(folder); torch.manual_seed(0)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{c + s: i for i, (c, s) in enumerate(((c, s) for c in "abcdefghijklmnopqrstuvwxyz" for s in ("", "</w>")), 2)}}
-    (d / "tokenizer").mkdir(parents=True, exist_ok=True)  # the files SD 2.1's tokenizer folder has (a toy BPE: no merges)
-    (d / "tokenizer" / "vocab.json").write_text(json.dumps(vocab)); (d / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
-    (d / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                 bos_token_id=0, eos_token_id=1, pad_token_id=1)).save_pretrained(d / "text_encoder")
-    UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                         cross_attention_dim=32, attention_head_dim=(2, 2), norm_num_groups=8, use_linear_projection=True).save_pretrained(d / "unet")
-    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                  latent_channels=4, norm_num_groups=4, sample_size=32).save_pretrained(d / "vae")
-    DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction").save_pretrained(d / "scheduler")
-    parts = {"unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDPMScheduler"],
-             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
-    atomic_write(d / "model_index.json", json.dumps({"_class_name": "StableDiffusionPipeline", **parts}, indent=1))
-    return d
-
-# %% ../nbs/09_paper.ipynb #c023
-def write_mmvp_folder(folder, seed: int = 0) -> Path:
-    "An MMVP-VLM folder with one pair of plain-colour images per category (statements name the colours)."
-    import csv
-    rng, folder, rows = np.random.default_rng(seed), Path(folder), [MMVP_HEADER]
-    for k, cat in enumerate(MMVP_CATEGORIES):
-        (folder / MMVP_IMAGES / cat).mkdir(parents=True, exist_ok=True)
-        for q in (2 * k + 1, 2 * k + 2):
-            rgb = rng.integers(0, 256, 3); rows.append((q, cat, f"a square of colour {rgb[0]} {rgb[1]} {rgb[2]}"))
-            (folder / MMVP_IMAGES / cat / f"{q}.jpg").write_bytes(_jpeg(rgb))
-    with open(folder / "Questions.csv", "w", newline="") as f: csv.writer(f, lineterminator="\n").writerows(rows)
-    return folder
-
-def fake_paper_inputs(root) -> PaperInputs:
-    "Write a complete paper layout of tiny random models and data under `root`; returns its `PaperInputs`."
-    root = Path(root); torch.manual_seed(0)
-    clip = save_encoder(create_encoder("tiny", random_init=True), root / "clip" / "tiny.pt")
-    for c, rgb in (("red square", (220, 30, 30)), ("blue square", (30, 30, 220))):
-        (root / "classes" / c).mkdir(parents=True, exist_ok=True)
-        for i in range(4): (root / "classes" / c / f"{i}.jpg").write_bytes(_jpeg(np.clip(np.array(rgb) + 8 * i, 0, 255)))
-    return PaperInputs(model="tiny", pretrained=str(clip), cache_dir="", sd=str(write_tiny_sd(root / "sd")),
-                       shards=write_shards(root / "cc3m"), mmvp=str(write_mmvp_folder(root / "MMVP_VLM")), d_ability=str(root / "classes"))
 
 # %% ../nbs/09_paper.ipynb #c028
 def shard_share(shards: list[str], seed: int, epoch: int, rank: int, world: int) -> list[str]:

@@ -2,8 +2,10 @@
 declared dependency) in the dvc.yaml files of every DVC project of the checkout (the default pipeline at the root;
 world/, ablations/ and paper/, each a DVC project of its own, whose commands must start from the root with
 `cd ..`), and every notebook in nbs/stages/:
-exactly one cell tagged `parameters`, no committed outputs or execution counts, and the names the
-stage passes with `papermill -p` are exactly the names its parameters cell assigns. Also: a stage's only
+exactly one cell tagged `parameters`, no committed outputs or execution counts; the names the stage passes with
+`papermill -p` are names its parameters cell assigns, and one it does not pass defaults to "" (not given: the
+parameters file's value); every setting the notebook reads from a parameters file (`-p reads`) is declared among
+the stage's `params`, so that DVC reruns it when the setting changes. Also: a stage's only
 persistent output (`persist: true`, kept across reruns) is the `train_dir` it passes, the folder whose
 checkpoint the trainer resumes only when the stage's inputs are unchanged (anything else persisted
 would survive a rerun with no such check). And a stage that declares dcr_nb/encoder.py also declares
@@ -14,16 +16,64 @@ import nbformat
 from dvc.repo import Repo
 from dcr_nb.core import dvc_projects
 
-def check_notebook(nb_path: Path, errors: list) -> list[str]:
-    "Appends the problems of one stage notebook to `errors`; returns its parameter names."
+def check_notebook(nb_path: Path, errors: list) -> dict:
+    "Appends the problems of one stage notebook to `errors`; returns its parameters (name -> the default's AST)."
     nb = nbformat.read(nb_path, as_version=4)
     params = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(params) != 1: errors.append(f"{nb_path}: {len(params)} cells tagged 'parameters', expected exactly 1")
     for i, c in enumerate(nb.cells):
         if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count")):
             errors.append(f"{nb_path}: cell {i} has committed outputs or an execution count (run nbdev_clean)")
-    if len(params) != 1: return []
-    return [t.id for node in ast.parse(params[0].source).body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+    if len(params) != 1: return {}
+    from papermill.translators import PythonTranslator  # what papermill reads of the cell: a name it cannot parse is "unknown" to it
+    seen = {p.name for p in PythonTranslator.inspect(params[0])}
+    names = {t.id: node.value for node in ast.parse(params[0].source).body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    if unread := sorted(set(names) - seen):
+        errors.append(f"{nb_path}: papermill cannot parse the parameters cell's line for {', '.join(unread)} (an `=` in its value or comment?): "
+                      "it would warn that the stage passes an unknown parameter")
+    return names
+
+def read_setting(toks: list[str], i: int, key: str, root: Path) -> list[str]:
+    "The value of setting `key` that a stage's `-p reads` takes from its parameters file (as a one-item list; empty if none)."
+    import yaml
+    arg = {toks[j + 1]: toks[j + 2] for j in range(i, len(toks) - 2) if toks[j] in ("-p", "--parameters")}
+    found = []
+    for item in arg.get("reads", "").split():
+        field, _, ref = item.rpartition("<-")
+        file, _, dotted = ref.rpartition(":")
+        v = yaml.safe_load((root / (file or arg.get("params", "params.yaml"))).read_text()) or {}
+        for k in dotted.split("."): v = v.get(k, {}) if isinstance(v, dict) else {}
+        if field == key: found = [v]
+        elif not field and isinstance(v, dict) and key in v: found = [v[key]]
+    return [str(x) for x in found]
+
+def undeclared_reads(stage, name: str, toks: list[str], i: int, root: Path) -> list[str]:
+    """A stage's notebook reads its settings from a parameters file (`-p params FILE -p reads "SECTION ..."`, see
+    `StageConfig.from_params`); DVC reruns the stage when one changes only if the stage declares it among its `params`.
+    The problems: each read (`section`, `section.key`, `field<-section.key`, `file:section`) that no declared key covers,
+    and each declared key that nothing reads (a forgotten read would leave the dataclass default running)."""
+    arg = {toks[j + 1]: toks[j + 2] for j in range(i, len(toks) - 2) if toks[j] in ("-p", "--parameters")}
+    if "reads" not in arg: return []
+    declared = set()  # (file from the checkout's root, key)
+    for p in stage.params:
+        f = os.path.relpath(p.fs_path, root)
+        declared |= {(f, k) for k in (p.params or [])}
+    out, reads = [], []
+    for item in arg["reads"].split():
+        file, _, dotted = item.rpartition("<-")[2].rpartition(":")
+        file = os.path.normpath(file or arg.get("params", "params.yaml"))
+        reads.append((file, dotted))
+        if not any(f == file and (dotted == k or dotted.startswith(k + ".")) for f, k in declared):
+            out.append(f"stage {name}: reads `{item}` from {file} but does not declare it among its params "
+                       f"(DVC would not rerun it when that changes); declared: {', '.join(sorted(f'{f}:{k}' for f, k in declared)) or 'none'}")
+    import yaml
+    raw = yaml.safe_load(open(stage.dvcfile.path))["stages"][stage.name.split("@")[0]]
+    raw_cmd = str(raw.get("do", raw)["cmd"])  # before interpolation: what the command line itself takes from the file
+    for f, k in sorted(declared):  # the other way round: a declared setting nothing reads (a forgotten read leaves a default running)
+        if "${" + k in raw_cmd: continue  # the command line uses it (the launcher's settings, a path built from it)
+        if not any(f == rf and (r == k or r.startswith(k + ".") or k.startswith(r + ".")) for rf, r in reads):
+            out.append(f"stage {name}: declares `{k}` of {f} among its params but its notebook reads nothing of it (`reads`: {arg['reads']})")
+    return out
 
 def check(root: Path) -> tuple[list[str], str]:
     "The problems of the checkout at `root` (empty: none), and the one-line summary printed when there are none."
@@ -57,13 +107,19 @@ def check(root: Path) -> tuple[list[str], str]:
         used.add(nb)
         passed = [toks[j + 1] for j in range(i, len(toks) - 1) if toks[j] in ("-p", "--parameters")]
         tdir = [toks[j + 2] for j in range(i, len(toks) - 2) if toks[j] in ("-p", "--parameters") and toks[j + 1] == "train_dir"]
+        tdir = tdir or read_setting(toks, i, "train_dir", root)
         for o in stage.outs:
             if o.persist and (rel(o) not in [os.path.normpath(t) for t in tdir]):
                 errors.append(f"stage {label(stage)}: persists {rel(o)}, which is not its train_dir {tdir} "
                               "(only a train_dir is checked against the stage's inputs before it is reused)")
+        errors += undeclared_reads(stage, label(stage), toks, i, root)
         if nb not in names: errors.append(f"stage {label(stage)}: {nb} is not a notebook in nbs/stages/"); continue
-        if sorted(passed) != sorted(names[nb]):
-            errors.append(f"stage {label(stage)}: passes {sorted(passed)} but {nb.name}'s parameters cell defines {sorted(names[nb])}")
+        if extra := sorted(set(passed) - set(names[nb])):
+            errors.append(f"stage {label(stage)}: passes {extra}, which {nb.name}'s parameters cell does not define")
+        for k in sorted(set(names[nb]) - set(passed)):  # not given: its default must say "not given" ("": the file's value)
+            if not (isinstance(names[nb][k], ast.Constant) and names[nb][k].value == ""):
+                errors.append(f"stage {label(stage)}: does not pass `{k}`, so {nb.name} would run with its default "
+                              f"({ast.unparse(names[nb][k])}); pass it, or read it from the parameters file")
     for p in stage_nbs:
         if p.resolve() not in used: errors.append(f"{p}: no dvc.yaml stage runs it")
     return errors, (f"ok: {len(stage_nbs)} stage notebook(s), {len(used)} run by the {len(stages)} stages of "

@@ -20,8 +20,9 @@ step "1/6 notebooks are clean (nbdev_clean)"
 unchanged "nbdev_clean" bash -c 'nbdev_clean && nbdev_clean --fname nbs/stages'
 step "2/6 exported code is in sync (nbdev_export)"
 unchanged "nbdev_export" nbdev_export
-step "3/6 library notebooks carry the outputs of their current code; stage notebooks: one parameters cell, no outputs, parameters match dvc.yaml"
+step "3/6 library notebooks carry the outputs of their current code; README.md is what nbs/index.ipynb renders; stage notebooks: one parameters cell, no outputs, parameters match dvc.yaml"
 python scripts/execute_nbs.py --check
+python scripts/readme.py --check
 python scripts/check_stages.py
 step "4/6 nbdev_test (library notebooks)"
 nbdev_test --n_workers 2 --timing

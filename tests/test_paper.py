@@ -1,11 +1,12 @@
 """The paper profile on tiny fakes (CPU): the preflight, its command line, the shard reader, both DCR stages and
 the evaluation on a complete fake layout, and the multi-process path through `accelerate launch`."""
-import dataclasses, json, os, socket, subprocess, sys, time
+import re, dataclasses, json, os, socket, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
-from dcr_nb.paper import (PaperInputs, PaperInputsMissing, PaperStageConfig, PaperEvaluateConfig, preflight, fake_paper_inputs,
+from dcr_nb.paper import (PaperInputs, PaperInputsMissing, PaperStageConfig, PaperEvaluateConfig, preflight,
                           shard_batches, shard_share, run_paper_stage, run_paper_evaluate, SD_FILES)
+from dcr_nb.fixtures import fake_paper_inputs
 from dcr_nb.data import expand_shards, MMVP_IMAGES, MMVP_CATEGORIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,8 +139,14 @@ def test_accelerate_launch_two_processes(fake, tmp_path):
     "The dvc.yaml command shape, on 2 CPU processes (gloo): both ranks train on disjoint shards, rank 0's notebook and progress are kept."
     out, train_dir = tmp_path / "stage1", tmp_path / "train"
     out.mkdir()
-    params = dict(stage=1, objective="dcr", schedule="constant", model="tiny", clip=fake.pretrained, denoiser=fake.sd, data=fake.shards, steps=2,
-                  batch_size=2, grad_accum=2, ckpt_every=1, warmup_steps=4, out=str(out), train_dir=str(train_dir), lr=0.001)
+    import yaml  # the paper's parameters file, on the fake inputs: what `paper/dvc.yaml`'s stage1 reads
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump({"inputs": {"model": "tiny", "pretrained": str(fake.pretrained), "cache_dir": "", "sd": str(fake.sd), "shards": str(fake.shards)},
+                                     "dcr": {"schedule": "constant", "batch_size": 2, "grad_accum": 2},
+                                     "stage1": {"steps": 2, "ckpt_every": 1, "warmup_steps": 4, "lr": 0.001},
+                                     "objectives": {"dcr": {"objective": "dcr", "tau": 0.1, "lam": 0.0, "num_negatives": 0}}}))
+    reads = next(re.search(r'-p reads "([^"]*)"', st["do"]["cmd"])[1] for n, st in yaml.safe_load((ROOT / "paper/dvc.yaml").read_text())["stages"].items() if n == "stage1")
+    params = dict(stage=1, params=str(pfile), reads=reads.replace("${key}", "dcr"), out=str(out), train_dir=str(train_dir))
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "dcr_nb.stage", str(ROOT / "nbs/stages/paper_train.ipynb"), str(out / "paper_train.ipynb")]
     for k, v in params.items(): cmd += ["-p", k, str(v)]

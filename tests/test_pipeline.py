@@ -10,13 +10,24 @@ def run_stage(nb: str, tmp_path, *params):
     for k, v in params: args += ["-p", k, str(v)]
     return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
-BAD_PARAMS = [
-    ((("objective", "simclr"),), "params.yaml: no entry 'simclr' under `objectives`; entries: recon, naive, dcr"),
-    ((("batch_size", 1),), "dcr needs batch_size >= 2"),
-    ((("lora_r", 16),), "LoRA (lora_r=16) belongs to stage 2"),
-    ((("stage", 2), ("lora_r", 4), ("projector", "outputs/nowhere/projector.pt")), "produced by the `stage1@dcr-0` stage"),
-    ((("clip", "outputs/nowhere/clip.pt"),), "shipped in git with the world: restore it with `git checkout -- world/weights`"),
-    ((("lr", "fast"),), "DCRStageConfig.lr must be float, got str 'fast'"),
+READS = "world dcr stage1 objectives.dcr data<-prepare.out"
+
+def params_with(tmp_path, edit) -> str:
+    "A copy of params.yaml with `edit` (a function of its dict) applied: what a researcher edits. Returns its path."
+    import yaml
+    p = yaml.safe_load((ROOT / "params.yaml").read_text()); edit(p)
+    f = tmp_path / "params.yaml"; f.write_text(yaml.safe_dump(p, sort_keys=False)); return str(f)
+
+def _set(section, key, value): return lambda p: p[section].__setitem__(key, value)
+
+BAD_PARAMS = [  # (what the researcher wrote, extra notebook parameters, the message)
+    (lambda p: None, (("reads", READS.replace("objectives.dcr", "objectives.simclr")),), "no `objectives.simclr` (keys there: recon, naive, dcr)"),
+    (_set("stage1", "batch_size", 1), (), "dcr needs batch_size >= 2"),
+    (_set("stage1", "lora_r", 16), (), "LoRA (lora_r=16) belongs to stage 2"),
+    (_set("stage1", "learning_rate", 0.1), (), "`stage1.learning_rate` names no parameter 'learning_rate'"),
+    (lambda p: None, (("stage", 2), ("reads", READS.replace("stage1", "stage2")), ("projector", "outputs/nowhere/projector.pt")), "produced by the `stage1@dcr-0` stage"),
+    (_set("world", "clip", "outputs/nowhere/clip.pt"), (), "shipped in git with the world: restore it with `git checkout -- world/weights`"),
+    (_set("stage1", "lr", "fast"), (), "DCRStageConfig.lr must be float, got str 'fast'"),
 ]
 
 def exec_stage(nb: str, *params):
@@ -29,18 +40,20 @@ def exec_stage(nb: str, *params):
     for c in cells[1:]: exec(c.source, ns)
 
 def test_train_dcr_rejects_bad_parameters_through_papermill(tmp_path):
-    "One bad parameter through the real path (papermill, a kernel): a non-zero exit with the message, nothing trained."
-    (params, msg), = BAD_PARAMS[:1]
-    r = run_stage("train_dcr.ipynb", tmp_path, ("out", str(tmp_path / "o")), ("train_dir", str(tmp_path / "t")), *params)
+    "One bad value in the parameters file through the real path (papermill, a kernel): a non-zero exit with the message, nothing trained."
+    edit, extra, msg = BAD_PARAMS[1]
+    r = run_stage("train_dcr.ipynb", tmp_path, ("params", params_with(tmp_path, edit)), ("reads", READS),
+                  ("out", str(tmp_path / "o")), ("train_dir", str(tmp_path / "t")), *extra)
     assert r.returncode != 0 and msg in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
     assert not (tmp_path / "t" / "checkpoint.pt").exists()  # nothing was trained
 
-@pytest.mark.parametrize("params, msg", BAD_PARAMS)
-def test_train_dcr_rejects_bad_parameters(tmp_path, monkeypatch, params, msg):
-    "Each bad parameter, the notebook's cells run in-process (a kernel per case would cost ~10 s): the message, nothing trained."
+@pytest.mark.parametrize("edit, extra, msg", BAD_PARAMS)
+def test_train_dcr_rejects_bad_parameters(tmp_path, monkeypatch, edit, extra, msg):
+    "Each bad value, the notebook's cells run in-process (a kernel per case would cost ~10 s): the message, nothing trained."
     monkeypatch.chdir(ROOT)
     with pytest.raises(Exception) as e:
-        exec_stage("train_dcr.ipynb", ("out", str(tmp_path / "o")), ("train_dir", str(tmp_path / "t")), *params)
+        exec_stage("train_dcr.ipynb", ("params", params_with(tmp_path, edit)), ("reads", READS),
+                   ("out", str(tmp_path / "o")), ("train_dir", str(tmp_path / "t")), *extra)
     assert msg in str(e.value), f"{type(e.value).__name__}: {e.value}"
     assert not (tmp_path / "t" / "checkpoint.pt").exists()  # nothing was trained
 

@@ -1,6 +1,6 @@
 """The shipped world: the weights in world/weights/ are the ones world/dvc.lock records, they load through the
 package's one code path, and the text encoder they need is found offline or named clearly when it is absent."""
-import os, subprocess, sys
+import re, os, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from dcr_nb.core import root_path
@@ -15,7 +15,7 @@ def test_shipped_weights_are_what_the_world_lock_records():
     assert mib <= 40, f"the shipped world takes {mib:.1f} MiB"
 
 def test_shipped_world_loads_and_runs():
-    from dcr_nb.pipeline import load_standin_diffusion
+    from dcr_nb.pretrain import load_standin_diffusion
     clip = create_encoder("lit", pretrained=ROOT / "world/weights/clip.safetensors").eval()
     d = load_standin_diffusion("lit", clip, str(ROOT / "world/weights")); unet = d.unet
     x = torch.rand(2, 3, 32, 32)
@@ -66,7 +66,9 @@ def test_pipelines_see_the_shipped_denoiser(project):
     for st in repo.index.stages:
         paths = [d.fs_path for d in st.deps]
         hidden += [f"{st.addressing}: {p}" for p in paths if os.path.isdir(p) and repo.dvcignore.is_ignored_dir(p)]
-        if "-p denoiser" in str(st.cmd): n += 1; blind += [st.addressing] if unet not in paths else []
+        reads = m[1].split() if (m := re.search(r'-p reads "?([^"]*)"?', str(st.cmd))) else []
+        if "world" in reads or any(r.startswith("denoiser=") for r in reads):  # it reads the denoiser's folder from the params
+            n += 1; blind += [st.addressing] if unet not in paths else []
     assert not hidden, f"inputs DVC sees as empty folders (declare their files instead): {hidden[:3]}"
     assert n and not blind, f"stages that load the denoiser without declaring its weights: {blind[:3]}"
 

@@ -46,8 +46,8 @@ def test_detects_outputs_extra_param_and_two_parameter_cells(root, tmp_path):
     code[-1]["outputs"] = []; code[-1]["metadata"]["tags"] = ["parameters"]; nb_path.write_text(json.dumps(nb))
     r = run_check(proj); assert r.returncode == 1 and "2 cells tagged 'parameters'" in r.stdout
     code[-1]["metadata"]["tags"] = []; nb_path.write_text(json.dumps(nb))
-    dvc = proj / "dvc.yaml"; dvc.write_text(dvc.read_text().replace("-p seed ${prepare.seed}", "-p seed ${prepare.seed} -p sede 1"))
-    r = run_check(proj); assert r.returncode == 1 and "passes" in r.stdout and "sede" in r.stdout
+    dvc = proj / "dvc.yaml"; dvc.write_text(dvc.read_text().replace("-p reads prepare", "-p reads prepare -p sede 1"))
+    r = run_check(proj); assert r.returncode == 1 and "passes ['sede']" in r.stdout, r.stdout
 
 def test_detects_a_persistent_output_that_is_not_the_train_dir(root, tmp_path):
     "Only a stage's train_dir may survive a rerun (its checkpoint is checked against the stage's inputs)."
@@ -65,7 +65,7 @@ def test_checks_the_stages_of_every_dvc_project(root, tmp_path):
     proj = make_project(root, tmp_path)
     r = run_check(proj); assert r.returncode == 0 and "dvc.yaml, ablations/dvc.yaml, paper/dvc.yaml, world/dvc.yaml" in r.stdout, r.stdout
     path = proj / "world" / "dvc.yaml"; text = path.read_text()
-    path.write_text(text.replace("-p seed ${prepare.seed}", "-p seed ${prepare.seed} -p sede 1"))
+    path.write_text(text.replace("-p reads prepare", "-p reads prepare -p sede 1"))
     r = run_check(proj); assert r.returncode == 1 and "stage world/dvc.yaml:prepare: passes" in r.stdout and "sede" in r.stdout, r.stdout
     assert text.count("cd .. && mkdir -p ${prepare.out}") == 1
     path.write_text(text.replace("cd .. && mkdir -p ${prepare.out}", "mkdir -p ${prepare.out}"))
@@ -79,3 +79,29 @@ def test_detects_a_stage_that_builds_stand_ins_without_their_configs(root, tmp_p
     path.write_text(text[:first] + text[first:].replace("      - ../dcr_nb/model_configs\n", "", 1))
     r = run_check(proj)
     assert r.returncode == 1 and "stage world/dvc.yaml:pretrain_clip: declares dcr_nb/encoder.py but not dcr_nb/model_configs" in r.stdout, r.stdout
+
+def test_detects_an_undeclared_read_and_a_parameter_left_at_its_default(root, tmp_path):
+    """A setting a stage reads from the parameters file must be among its declared params (else DVC would not rerun it
+    when the setting changes); and a notebook parameter the stage does not pass must default to "" (not given)."""
+    proj = make_project(root, tmp_path)
+    dvc = proj / "dvc.yaml"; text = dvc.read_text()
+    old = "objectives.${item.objective} data<-prepare.out\"\n      -p seed ${item.seed}\n      -p out outputs/stage1"
+    assert text.count(old) == 1, "the stage1 command changed: update this test"
+    dvc.write_text(text.replace(old, old.replace("data<-prepare.out", "data<-prepare.out evaluate")))
+    r = run_check(proj); assert r.returncode == 1 and "reads `evaluate` from params.yaml but does not declare it" in r.stdout, r.stdout
+    dvc.write_text(text.replace(old, old.replace("\n      -p seed ${item.seed}", "")))
+    r = run_check(proj); assert r.returncode == 1 and "does not pass `seed`, so train_dcr.ipynb would run with its default (0)" in r.stdout, r.stdout
+    export = 'reads "export_hf model<-world.model objectives<-objectives seeds<-seeds data<-prepare.out"'
+    assert text.count(export) == 1, "the export_hf command changed: update this test"
+    dvc.write_text(text.replace(export, export.replace(" objectives<-objectives", "")))  # declared, never read: the default would run
+    r = run_check(proj); assert r.returncode == 1 and "declares `objectives` of params.yaml among its params but its notebook reads nothing of it" in r.stdout, r.stdout
+    dvc.write_text(text); assert run_check(proj).returncode == 0
+
+def test_detects_a_parameters_cell_papermill_cannot_read(root, tmp_path):
+    "papermill reads a parameters cell line by line; a line it cannot parse (an `=` inside the value) makes it warn that the stage passes an unknown parameter."
+    proj = make_project(root, tmp_path)
+    nb_path = proj / "nbs" / "stages" / "prepare.ipynb"; nb = json.loads(nb_path.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    src = "".join(cell["source"]); assert 'reads = "prepare"' in src
+    cell["source"] = src.replace('reads = "prepare"', 'reads = "prepare seed=prepare.seed"'); nb_path.write_text(json.dumps(nb))
+    r = run_check(proj); assert r.returncode == 1 and "papermill cannot parse the parameters cell's line for reads" in r.stdout, r.stdout

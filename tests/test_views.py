@@ -43,12 +43,12 @@ def test_paper_flips_change_orientation_and_position(fmnist):
 
 @pytest.mark.parametrize("k, v", [("hflip", 1.5), ("vflip", -0.1)])
 def test_stage_config_rejects_a_flip_probability_outside_0_1(k, v):
-    from dcr_nb.pipeline import DCRStageConfig
+    from dcr_nb.dcr_stages import DCRStageConfig
     with pytest.raises(ConfigError, match=f"{k} is a probability: it must be in \\[0, 1\\], got {v}"):
         DCRStageConfig.from_dict({"batch_size": 4, k: v})
 
 def test_dcr_task_takes_its_view_flips_from_the_stage_config():
-    from dcr_nb.pipeline import DCRStageConfig, dcr_task
+    from dcr_nb.dcr_stages import DCRStageConfig, dcr_task
     from dcr_nb.encoder import create_encoder, get_tokenizer
     from dcr_nb.conditioning import standin_diffusion, standin_unet
     clip = create_encoder("tiny", random_init=True)
