@@ -111,14 +111,6 @@ class StageConfig:
             raise ConfigError(f"{cls.__name__}: missing parameter(s) {', '.join(missing)}")
         return cls(**d)
 
-    @classmethod
-    def from_namespace(cls, ns: dict):
-        "Build from a notebook's globals (the `parameters` cell): takes exactly this config's fields."
-        names = [f.name for f in dataclasses.fields(cls)]
-        if missing := [k for k in names if k not in ns]:
-            raise ConfigError(f"{cls.__name__}: the parameters cell does not define {', '.join(missing)}")
-        return cls.from_dict({k: ns[k] for k in names})
-
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
     def __str__(self):

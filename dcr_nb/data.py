@@ -4,25 +4,23 @@
 
 # %% ../nbs/01_data.ipynb #c001
 from __future__ import annotations
-import csv, dataclasses, functools, glob, io, json, math, posixpath, re, shutil, tarfile, time, zipfile
-from collections import Counter
+import csv, dataclasses, functools, io, json, math, re, shutil, time, zipfile
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset
 from .core import ConfigError, StageConfig, atomic_write, root_path
 from .fetch import FASHION_CLASSES, load_fashion_mnist
 
 # %% auto #0
 __all__ = ['MMVP_CATEGORIES', 'CATEGORY_ATTRIBUTE', 'ATTRIBUTES', 'CLASS_NOUNS', 'COLORS', 'GLYPH_CHARS', 'WORDS', 'N_VALUES',
            'TEXT_RATE', 'PREFIXES', 'POST_ATTRS', 'MENTION_ATTRS', 'NEUTRAL_STREAM', 'MMVP_HEADER', 'MMVP_IMAGES',
-           'CLASS_PHRASES', 'ZERO_SHOT_TEMPLATES', 'IMAGE_EXTS', 'glyph', 'SceneSpec', 'scene_rng', 'sample_spec',
-           'resize_item', 'layout', 'render', 'describe', 'full_caption', 'short_caption', 'specs_to_arrays',
-           'arrays_to_specs', 'render_scenes', 'show_scenes', 'save_npz', 'load_npz', 'benchmark_specs', 'statement',
-           'write_mmvp', 'MMVPFormatError', 'MMVPPair', 'read_mmvp', 'neutral_spec', 'eval_set', 'to_tensor',
-           'SceneDataset', 'load_eval_set', 'load_image', 'SkipLog', 'expand_shards', 'TarShardDataset',
-           'ImageFolderDataset', 'PrepareConfig', 'class_counts', 'scene_summary', 'prepare', 'show_pairs']
+           'CLASS_PHRASES', 'ZERO_SHOT_TEMPLATES', 'glyph', 'SceneSpec', 'scene_rng', 'sample_spec', 'resize_item',
+           'layout', 'render', 'describe', 'full_caption', 'short_caption', 'specs_to_arrays', 'arrays_to_specs',
+           'render_scenes', 'show_scenes', 'save_npz', 'load_npz', 'benchmark_specs', 'statement', 'write_mmvp',
+           'MMVPFormatError', 'MMVPPair', 'read_mmvp', 'neutral_spec', 'eval_set', 'to_tensor', 'SceneDataset',
+           'load_eval_set', 'PrepareConfig', 'class_counts', 'scene_summary', 'prepare', 'show_pairs']
 
 # %% ../nbs/01_data.ipynb #c007
 MMVP_CATEGORIES = ("Orientation and Direction", "Presence of Specific Features", "State and Condition",
@@ -361,106 +359,6 @@ def load_eval_set(path) -> dict:
     "An `eval_*.npz`: `images` float (N, 3, H, W), `labels` (N,), and `class_names`, `class_phrases`, `templates` lists."
     d = load_npz(path)
     return {"images": to_tensor(d["images"]), "labels": d["labels"], **{k: d[k].tolist() for k in ("class_names", "class_phrases", "templates")}}
-
-# %% ../nbs/01_data.ipynb #c059
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # extensions read as images
-
-def load_image(src, size: int) -> torch.Tensor:
-    "Decode an image (bytes or path), resize the shorter side to `size`, centre-crop: float (3, size, size) in [0, 1]."
-    with Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src) as im:
-        im.draft("RGB", (size, size))  # a large JPEG is decoded at a reduced scale, still >= size
-        im = im.convert("RGB")
-    s = size / min(im.size)
-    im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.BICUBIC)
-    l, t = (im.width - size) // 2, (im.height - size) // 2
-    return to_tensor(np.asarray(im.crop((l, t, l + size, t + size))))
-
-class SkipLog:
-    "Samples read and skipped (by reason, with a few examples) during one epoch of a reader."
-    def __init__(self, name: str): self.name, self.ok, self.skipped, self.examples = name, 0, Counter(), {}
-    def skip(self, reason: str, where: str):
-        self.skipped[reason] += 1; ex = self.examples.setdefault(reason, [])
-        if len(ex) < 3: ex.append(where)
-    def __str__(self):
-        parts = [f"{n} {r} (e.g. {'; '.join(self.examples[r])})" for r, n in self.skipped.most_common()]
-        return f"{self.name}: {self.ok} samples read, {sum(self.skipped.values())} skipped" + (": " + ", ".join(parts) if parts else "")
-
-# %% ../nbs/01_data.ipynb #c060
-def _worker_share(items: list, shuffle: bool, seed: int, epoch: int) -> list:
-    "This DataLoader worker's share of `items`, in a (seed, epoch)-shuffled order when `shuffle`."
-    if shuffle: items = [items[i] for i in np.random.default_rng([seed, epoch]).permutation(len(items))]
-    w = get_worker_info()
-    return items if w is None else items[w.id::w.num_workers]
-
-class _Reader(IterableDataset):
-    "Shared epoch logic: iterate `_samples(stats)`, then report what was skipped."
-    name = "reader"
-    def set_epoch(self, epoch: int): self.epoch = epoch
-    def __iter__(self):
-        stats = SkipLog(f"{self.name} epoch {getattr(self, 'epoch', 0)}")
-        for x in self._samples(stats): stats.ok += 1; yield x
-        self.last_report = stats; self.log(str(stats))
-
-# %% ../nbs/01_data.ipynb #c061
-def expand_shards(spec) -> list[str]:
-    "Shard paths from a list, a folder (its `*.tar`), a glob, or a brace range like `cc3m/{00000..00331}.tar`."
-    if isinstance(spec, (list, tuple)): return [p for s in spec for p in expand_shards(s)]
-    spec = str(spec)
-    if m := re.search(r"\{(\d+)\.\.(\d+)\}", spec):
-        a, b = m.groups()
-        return [p for i in range(int(a), int(b) + 1) for p in expand_shards(spec[:m.start()] + str(i).zfill(len(a)) + spec[m.end():])]
-    if Path(spec).is_dir(): return sorted(str(p) for p in Path(spec).glob("*.tar"))
-    return sorted(glob.glob(spec)) if any(c in spec for c in "*?[") else [spec]
-
-# %% ../nbs/01_data.ipynb #c062
-def _tar_groups(path: str, stats: SkipLog):
-    "(key, {ext: bytes}) per sample of a tar shard, members grouped by name up to the first dot, in stream order."
-    key, files = None, {}
-    try:
-        with tarfile.open(path, "r|*") as tf:
-            for m in tf:
-                if not m.isfile(): continue
-                d, base = posixpath.split(m.name); stem, _, ext = base.partition(".")
-                if (k := posixpath.join(d, stem)) != key:
-                    if files: yield key, files
-                    key, files = k, {}
-                files[ext.lower()] = tf.extractfile(m).read()
-    except (tarfile.TarError, OSError, EOFError) as e:  # truncated or corrupt shard: keep what was read
-        stats.skip("truncated or corrupt shard(s)", f"{path} after {key}: {e}")
-    if files: yield key, files
-
-class TarShardDataset(_Reader):
-    "Images and captions from img2dataset webdataset shards, read with the standard library's `tarfile`."
-    name = "TarShardDataset"
-    def __init__(self, shards, size: int = 224, shuffle: bool = False, seed: int = 0, log=print):
-        self.shards, self.size, self.shuffle, self.seed, self.log, self.epoch = expand_shards(shards), size, shuffle, seed, log, 0
-        if not self.shards: raise FileNotFoundError(f"no shards match {shards!r}")
-        if missing := [s for s in self.shards if not Path(s).is_file()]: raise FileNotFoundError(f"missing shard(s): {', '.join(missing[:5])}")
-    def _samples(self, stats):
-        for shard in _worker_share(self.shards, self.shuffle, self.seed, self.epoch):
-            for key, files in _tar_groups(shard, stats):
-                if (ext := next((e for e in IMAGE_EXTS if e in files), None)) is None:
-                    stats.skip("sample(s) without an image", f"{shard}:{key} ({', '.join(files)})"); continue
-                try: x = load_image(files[ext], self.size)
-                except Exception as e: stats.skip("undecodable image(s)", f"{shard}:{key}.{ext} ({type(e).__name__})"); continue
-                yield x, files.get("txt", b"").decode("utf-8", "replace").strip()
-
-# %% ../nbs/01_data.ipynb #c063
-class ImageFolderDataset(_Reader):
-    "Images in a folder tree (sorted), with the caption of a same-named `.txt` file when `captions` and present."
-    name = "ImageFolderDataset"
-    def __init__(self, root, size: int = 224, captions: bool = True, shuffle: bool = False, seed: int = 0, log=print):
-        self.root, self.size, self.captions, self.shuffle, self.seed, self.log, self.epoch = Path(root), size, captions, shuffle, seed, log, 0
-        if not self.root.is_dir(): raise FileNotFoundError(f"image folder {self.root} not found")
-        self.files = sorted(p for p in self.root.rglob("*") if p.is_file() and not p.name.startswith(".")
-                            and p.suffix.lower() not in (".txt", ".json"))  # sidecars are not samples
-    def __len__(self): return len(self.files)
-    def _samples(self, stats):
-        for p in _worker_share(self.files, self.shuffle, self.seed, self.epoch):
-            try: x = load_image(p, self.size)
-            except Exception as e: stats.skip("unreadable file(s)", f"{p.relative_to(self.root)} ({type(e).__name__})"); continue
-            cap = p.with_suffix(".txt")
-            yield x, cap.read_text(errors="replace").strip() if self.captions and cap.is_file() else ""
 
 # %% ../nbs/01_data.ipynb #c069
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import ConfigError, StageConfig, atomic_write, root_path, seed_everything
-from .data import TarShardDataset, ImageFolderDataset, expand_shards, read_mmvp, MMVPFormatError, MMVP_IMAGES, MMVP_HEADER
+from .data import read_mmvp, MMVPFormatError, MMVP_IMAGES, MMVP_HEADER
+from .readers import TarShardDataset, ImageFolderDataset, expand_shards
 from .encoder import BACKBONES, MissingWeightsError, resolve_pretrained, _tag_files, create_encoder, get_tokenizer
 from .conditioning import load_sd
 from .tasks import DCRTask

@@ -5,12 +5,14 @@ world/, ablations/ and paper/, each a DVC project of its own, whose commands mus
 exactly one cell tagged `parameters`, no committed outputs or execution counts; the names the stage passes with
 `papermill -p` are names its parameters cell assigns, and one it does not pass defaults to "" (not given: the
 parameters file's value); every setting the notebook reads from a parameters file (`-p reads`) is declared among
-the stage's `params`, so that DVC reruns it when the setting changes. Also: a stage's only
+the stage's `params`, and every declared setting is read (or used by the command line), so that DVC reruns it when
+the setting changes and no dataclass default runs in its place; every dcr_nb module its notebook imports (and
+those import, at top level) is among its deps. Also: a stage's only
 persistent output (`persist: true`, kept across reruns) is the `train_dir` it passes, the folder whose
 checkpoint the trainer resumes only when the stage's inputs are unchanged (anything else persisted
 would survive a rerun with no such check). And a stage that declares dcr_nb/encoder.py also declares
 dcr_nb/model_configs, the stand-ins' open_clip architectures, which encoder.py reads when imported."""
-import ast, os, shlex, sys
+import ast, json, os, re, shlex, sys
 from pathlib import Path
 import nbformat
 from dvc.repo import Repo
@@ -32,6 +34,21 @@ def check_notebook(nb_path: Path, errors: list) -> dict:
         errors.append(f"{nb_path}: papermill cannot parse the parameters cell's line for {', '.join(unread)} (an `=` in its value or comment?): "
                       "it would warn that the stage passes an unknown parameter")
     return names
+
+IMPORT = re.compile(r"\bdcr_nb\.(\w+)|^\s*from\s+\.(\w+)\s+import|^\s*from\s+(?:dcr_nb|\.)\s+import\s+([\w, ]+)", re.M)
+
+def closure(text: str, root: Path) -> list[Path]:
+    "The dcr_nb module files `text` imports, and those they import, transitively (as paths under `root`; read from the package that runs)."
+    pkg = Path(dvc_projects.__code__.co_filename).parent  # the dcr_nb package this process imports
+    def modules(t):  # top-level imports only: one inside a function is loaded only when it runs (check_declared_code sees those)
+        t = "\n".join(l for l in t.splitlines() if l.startswith(("from ", "import ")))
+        found = {n.strip() for a, b, c in IMPORT.findall(t) for n in (a, b, *c.split(","))}
+        return {m for m in found if m and (pkg / f"{m}.py").is_file() and not m.startswith("_")}
+    todo, seen = modules(text), set()
+    while todo:
+        m = todo.pop(); seen.add(m)
+        todo |= modules((pkg / f"{m}.py").read_text()) - seen
+    return [root / "dcr_nb" / f"{m}.py" for m in sorted(seen)]
 
 def read_setting(toks: list[str], i: int, key: str, root: Path) -> list[str]:
     "The value of setting `key` that a stage's `-p reads` takes from its parameters file (as a one-item list; empty if none)."
@@ -98,6 +115,12 @@ def check(root: Path) -> tuple[list[str], str]:
         if "dcr_nb.stage" not in toks: continue
         i = toks.index("dcr_nb.stage")
         dep_paths = [rel(d) for d in stage.deps]
+        nb_file = root / toks[[j for j in range(i + 1, len(toks)) if toks[j].endswith(".ipynb")][0]]
+        if nb_file.is_file():  # the dcr_nb modules its notebook imports (and theirs): DVC reruns the stage only when a declared one changes
+            text = "\n".join("".join(c["source"]) for c in json.loads(nb_file.read_text())["cells"] if c["cell_type"] == "code")
+            for m in closure(text, root):
+                if (f := os.path.relpath(m, root)) not in dep_paths:
+                    errors.append(f"stage {label(stage)}: its notebook runs {f}, which is not among its deps (DVC would not rerun it when that code changes)")
         if "dcr_nb/stage.py" not in dep_paths:
             errors.append(f"stage {label(stage)}: runs dcr_nb.stage but does not declare dcr_nb/stage.py among its deps")
         if "dcr_nb/encoder.py" in dep_paths and "dcr_nb/model_configs" not in dep_paths:  # the stand-ins' architectures are data

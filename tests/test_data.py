@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 from dcr_nb.core import ConfigError
-from dcr_nb.data import (ATTRIBUTES, CATEGORY_ATTRIBUTE, MMVP_CATEGORIES, MMVP_IMAGES, ImageFolderDataset, MMVPFormatError,
-                         PrepareConfig, SceneDataset, TarShardDataset, benchmark_specs, load_eval_set, prepare, read_mmvp,
+from dcr_nb.data import (ATTRIBUTES, CATEGORY_ATTRIBUTE, MMVP_CATEGORIES, MMVP_IMAGES, MMVPFormatError,
+                         PrepareConfig, SceneDataset, benchmark_specs, load_eval_set, prepare, read_mmvp,
                          render, render_scenes, sample_spec, scene_rng, write_mmvp)
+from dcr_nb.readers import ImageFolderDataset, TarShardDataset
 from dcr_nb.fetch import load_fashion_mnist
 
 @pytest.fixture(scope="module")

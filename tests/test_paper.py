@@ -7,7 +7,8 @@ import torch
 from dcr_nb.paper import (PaperInputs, PaperInputsMissing, PaperStageConfig, PaperEvaluateConfig, preflight,
                           shard_batches, shard_share, run_paper_stage, run_paper_evaluate, SD_FILES)
 from dcr_nb.fixtures import fake_paper_inputs
-from dcr_nb.data import expand_shards, MMVP_IMAGES, MMVP_CATEGORIES
+from dcr_nb.data import MMVP_IMAGES, MMVP_CATEGORIES
+from dcr_nb.readers import expand_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)

@@ -105,3 +105,12 @@ def test_detects_a_parameters_cell_papermill_cannot_read(root, tmp_path):
     src = "".join(cell["source"]); assert 'reads = "prepare"' in src
     cell["source"] = src.replace('reads = "prepare"', 'reads = "prepare seed=prepare.seed"'); nb_path.write_text(json.dumps(nb))
     r = run_check(proj); assert r.returncode == 1 and "papermill cannot parse the parameters cell's line for reads" in r.stdout, r.stdout
+
+def test_detects_a_module_the_notebook_runs_but_the_stage_does_not_declare(root, tmp_path):
+    "A stage notebook's dcr_nb imports (and theirs, at top level) must be among the stage's deps, or an edit there would not rerun it."
+    proj = make_project(root, tmp_path)
+    dvc = proj / "dvc.yaml"; text = dvc.read_text()
+    i = text.index("  export_hf:"); j = text.index("  compare:")
+    assert "      - dcr_nb/dcr_stages.py\n" in text[i:j]
+    dvc.write_text(text[:i] + text[i:j].replace("      - dcr_nb/dcr_stages.py\n", "") + text[j:])
+    r = run_check(proj); assert r.returncode == 1 and "stage export_hf: its notebook runs dcr_nb/dcr_stages.py, which is not among its deps" in r.stdout, r.stdout
