@@ -11,8 +11,8 @@ import torch
 
 # %% auto #0
 __all__ = ['ROOT_ENV', 'repo_root', 'root_path', 'seed_everything', 'atomic_write', 'ConfigError', 'StageConfig', 'read_params',
-           'lookup', 'file_md5', 'package_code', 'loaded_code', 'dvc_stage', 'dvc_projects', 'stage_deps',
-           'stage_inputs', 'undeclared_code', 'check_declared_code']
+           'lookup', 'parse_reads', 'file_md5', 'package_code', 'loaded_code', 'dvc_stage', 'dvc_projects',
+           'stage_deps', 'stage_inputs', 'undeclared_code', 'check_declared_code']
 
 # %% ../nbs/00_core.ipynb #c005
 ROOT_ENV = "DCR_NB_ROOT"  # environment variable that overrides root discovery
@@ -141,15 +141,22 @@ def lookup(params: dict, dotted: str, file: str = "params"):
     return v
 
 # %% ../nbs/00_core.ipynb #c023c
+def parse_reads(reads: str, params: str) -> list[tuple[str, str, str]]:
+    "Each item of `reads` as (field, or \"\" for a whole section; the parameters file, `params` unless it names another; the dotted key)."
+    out = []
+    for item in reads.split():
+        field, _, ref = item.rpartition("<-")
+        file, _, dotted = ref.rpartition(":")
+        out.append((field, file or params, dotted))
+    return out
+
 def _read(cls, params: str, reads: str) -> tuple[dict, dict]:
     "The values `reads` names in the parameters files (see above), and where each came from."
     names, files, vals, src = [f.name for f in dataclasses.fields(cls)], {}, {}, {}
     hints = typing.get_type_hints(cls)
-    for item in reads.split():
-        field, _, ref = item.rpartition("<-")
-        file, _, dotted = ref.rpartition(":")
-        file = file or params
-        v = lookup(files.setdefault(file, read_params(file)), dotted, file)
+    for field, file, dotted in parse_reads(reads, params):
+        if file not in files: files[file] = read_params(file)
+        v = lookup(files[file], dotted, file)
         if not field and not isinstance(v, dict):
             raise ConfigError(f"{cls.__name__}: {file}: `{dotted}` is a value, not a section; read it as `<field><-{dotted}`")
         for k, x in ({field: v} if field else v).items():
@@ -161,8 +168,9 @@ def _read(cls, params: str, reads: str) -> tuple[dict, dict]:
     return vals, src
 
 def _from_params(cls, params: str, reads: str, **given):
-    "Build from the parameters file `params`: the values `reads` names, then `given` (the matrix item, output paths)."
+    "Build from the parameters file `params`: the values `reads` names, then `given` (the matrix item, output paths; \"\": not given)."
     vals, src = _read(cls, params, reads)
+    given = {k: v for k, v in given.items() if v != ""}  # a stage notebook's parameter that the stage does not pass is ""
     vals.update(given); src.update({k: "given by the stage" for k in given})
     cfg = cls.from_dict(vals)
     object.__setattr__(cfg, "_sources", src)

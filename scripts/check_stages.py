@@ -12,11 +12,13 @@ persistent output (`persist: true`, kept across reruns) is the `train_dir` it pa
 checkpoint the trainer resumes only when the stage's inputs are unchanged (anything else persisted
 would survive a rerun with no such check). And a stage that declares dcr_nb/encoder.py also declares
 dcr_nb/model_configs, the stand-ins' open_clip architectures, which encoder.py reads when imported."""
-import ast, json, os, re, shlex, sys
+import ast, functools, json, os, shlex, sys
 from pathlib import Path
 import nbformat
 from dvc.repo import Repo
-from dcr_nb.core import dvc_projects
+from dcr_nb.core import ConfigError, dvc_projects, lookup, parse_reads, read_params
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from execute_nbs import closure  # scripts/execute_nbs.py: the dcr_nb modules a text imports, transitively
 
 def check_notebook(nb_path: Path, errors: list) -> dict:
     "Appends the problems of one stage notebook to `errors`; returns its parameters (name -> the default's AST)."
@@ -35,56 +37,49 @@ def check_notebook(nb_path: Path, errors: list) -> dict:
                       "it would warn that the stage passes an unknown parameter")
     return names
 
-IMPORT = re.compile(r"\bdcr_nb\.(\w+)|^\s*from\s+\.(\w+)\s+import|^\s*from\s+(?:dcr_nb|\.)\s+import\s+([\w, ]+)", re.M)
+def stage_args(toks: list[str], i: int) -> dict[str, str]:
+    "The `-p NAME VALUE` pairs after token `i` (`dcr_nb.stage`) of a stage's command."
+    return {toks[j + 1]: toks[j + 2] for j in range(i, len(toks) - 2) if toks[j] in ("-p", "--parameters")}
 
-def closure(text: str, root: Path) -> list[Path]:
-    "The dcr_nb module files `text` imports, and those they import, transitively (as paths under `root`; read from the package that runs)."
-    pkg = Path(dvc_projects.__code__.co_filename).parent  # the dcr_nb package this process imports
-    def modules(t):  # top-level imports only: one inside a function is loaded only when it runs (check_declared_code sees those)
-        t = "\n".join(l for l in t.splitlines() if l.startswith(("from ", "import ")))
-        found = {n.strip() for a, b, c in IMPORT.findall(t) for n in (a, b, *c.split(","))}
-        return {m for m in found if m and (pkg / f"{m}.py").is_file() and not m.startswith("_")}
-    todo, seen = modules(text), set()
-    while todo:
-        m = todo.pop(); seen.add(m)
-        todo |= modules((pkg / f"{m}.py").read_text()) - seen
-    return [root / "dcr_nb" / f"{m}.py" for m in sorted(seen)]
+def stage_reads(arg: dict) -> list[tuple[str, str, str]]:
+    "What a stage's notebook reads from its parameters files: (field or "", file from the root, dotted key)."
+    return [(f, os.path.normpath(file), d) for f, file, d in parse_reads(arg.get("reads", ""), arg.get("params", "params.yaml"))]
 
-def read_setting(toks: list[str], i: int, key: str, root: Path) -> list[str]:
-    "The value of setting `key` that a stage's `-p reads` takes from its parameters file (as a one-item list; empty if none)."
-    import yaml
-    arg = {toks[j + 1]: toks[j + 2] for j in range(i, len(toks) - 2) if toks[j] in ("-p", "--parameters")}
+def read_setting(arg: dict, key: str, root: Path) -> list[str]:
+    "The value of setting `key` that a stage's `reads` takes from its parameters file (as a one-item list; empty if none)."
     found = []
-    for item in arg.get("reads", "").split():
-        field, _, ref = item.rpartition("<-")
-        file, _, dotted = ref.rpartition(":")
-        v = yaml.safe_load((root / (file or arg.get("params", "params.yaml"))).read_text()) or {}
-        for k in dotted.split("."): v = v.get(k, {}) if isinstance(v, dict) else {}
+    for field, file, dotted in stage_reads(arg):
+        try: v = lookup(read_params(root / file), dotted, file)
+        except ConfigError: continue  # undeclared_reads names a read that is not there
         if field == key: found = [v]
         elif not field and isinstance(v, dict) and key in v: found = [v[key]]
     return [str(x) for x in found]
 
-def undeclared_reads(stage, name: str, toks: list[str], i: int, root: Path) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def notebook_code(nb: Path) -> list[str]:
+    "The dcr_nb modules (dcr_nb/<name>.py) a stage notebook runs when its cells run: its imports and theirs, at top level."
+    text = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+    return [f"dcr_nb/{m.name}" for m in closure(text, top_level=True)]  # an import inside a function: check_declared_code sees it when it runs
+
+@functools.lru_cache(maxsize=None)
+def raw_stages(dvcfile: str) -> dict:
+    "A dvc.yaml's stages before interpolation."
+    import yaml
+    return yaml.safe_load(Path(dvcfile).read_text())["stages"]
+
+def undeclared_reads(stage, name: str, arg: dict, root: Path) -> list[str]:
     """A stage's notebook reads its settings from a parameters file (`-p params FILE -p reads "SECTION ..."`, see
     `StageConfig.from_params`); DVC reruns the stage when one changes only if the stage declares it among its `params`.
     The problems: each read (`section`, `section.key`, `field<-section.key`, `file:section`) that no declared key covers,
     and each declared key that nothing reads (a forgotten read would leave the dataclass default running)."""
-    arg = {toks[j + 1]: toks[j + 2] for j in range(i, len(toks) - 2) if toks[j] in ("-p", "--parameters")}
     if "reads" not in arg: return []
-    declared = set()  # (file from the checkout's root, key)
-    for p in stage.params:
-        f = os.path.relpath(p.fs_path, root)
-        declared |= {(f, k) for k in (p.params or [])}
-    out, reads = [], []
-    for item in arg["reads"].split():
-        file, _, dotted = item.rpartition("<-")[2].rpartition(":")
-        file = os.path.normpath(file or arg.get("params", "params.yaml"))
-        reads.append((file, dotted))
+    declared = {(os.path.relpath(p.fs_path, root), k) for p in stage.params for k in (p.params or [])}  # (file from the root, key)
+    reads, out = [(file, dotted) for _, file, dotted in stage_reads(arg)], []
+    for file, dotted in reads:
         if not any(f == file and (dotted == k or dotted.startswith(k + ".")) for f, k in declared):
-            out.append(f"stage {name}: reads `{item}` from {file} but does not declare it among its params "
+            out.append(f"stage {name}: reads `{dotted}` from {file} but does not declare it among its params "
                        f"(DVC would not rerun it when that changes); declared: {', '.join(sorted(f'{f}:{k}' for f, k in declared)) or 'none'}")
-    import yaml
-    raw = yaml.safe_load(open(stage.dvcfile.path))["stages"][stage.name.split("@")[0]]
+    raw = raw_stages(stage.dvcfile.path)[stage.name.split("@")[0]]
     raw_cmd = str(raw.get("do", raw)["cmd"])  # before interpolation: what the command line itself takes from the file
     for f, k in sorted(declared):  # the other way round: a declared setting nothing reads (a forgotten read leaves a default running)
         if "${" + k in raw_cmd: continue  # the command line uses it (the launcher's settings, a path built from it)
@@ -115,27 +110,23 @@ def check(root: Path) -> tuple[list[str], str]:
         if "dcr_nb.stage" not in toks: continue
         i = toks.index("dcr_nb.stage")
         dep_paths = [rel(d) for d in stage.deps]
-        nb_file = root / toks[[j for j in range(i + 1, len(toks)) if toks[j].endswith(".ipynb")][0]]
-        if nb_file.is_file():  # the dcr_nb modules its notebook imports (and theirs): DVC reruns the stage only when a declared one changes
-            text = "\n".join("".join(c["source"]) for c in json.loads(nb_file.read_text())["cells"] if c["cell_type"] == "code")
-            for m in closure(text, root):
-                if (f := os.path.relpath(m, root)) not in dep_paths:
-                    errors.append(f"stage {label(stage)}: its notebook runs {f}, which is not among its deps (DVC would not rerun it when that code changes)")
+        nb = (root / toks[[j for j in range(i + 1, len(toks)) if toks[j].endswith(".ipynb")][0]]).resolve()
+        for f in notebook_code(nb) if nb.is_file() else []:
+            if f not in dep_paths:
+                errors.append(f"stage {label(stage)}: its notebook runs {f}, which is not among its deps (DVC would not rerun it when that code changes)")
         if "dcr_nb/stage.py" not in dep_paths:
             errors.append(f"stage {label(stage)}: runs dcr_nb.stage but does not declare dcr_nb/stage.py among its deps")
         if "dcr_nb/encoder.py" in dep_paths and "dcr_nb/model_configs" not in dep_paths:  # the stand-ins' architectures are data
             errors.append(f"stage {label(stage)}: declares dcr_nb/encoder.py but not dcr_nb/model_configs, the open_clip configs it "
                           "builds the stand-ins from (an edited width or depth would not rerun the stage)")
-        nb = (root / toks[[j for j in range(i + 1, len(toks)) if toks[j].endswith(".ipynb")][0]]).resolve()
         used.add(nb)
-        passed = [toks[j + 1] for j in range(i, len(toks) - 1) if toks[j] in ("-p", "--parameters")]
-        tdir = [toks[j + 2] for j in range(i, len(toks) - 2) if toks[j] in ("-p", "--parameters") and toks[j + 1] == "train_dir"]
-        tdir = tdir or read_setting(toks, i, "train_dir", root)
+        arg = stage_args(toks, i); passed = list(arg)
+        tdir = [arg["train_dir"]] if "train_dir" in arg else read_setting(arg, "train_dir", root)
         for o in stage.outs:
             if o.persist and (rel(o) not in [os.path.normpath(t) for t in tdir]):
                 errors.append(f"stage {label(stage)}: persists {rel(o)}, which is not its train_dir {tdir} "
                               "(only a train_dir is checked against the stage's inputs before it is reused)")
-        errors += undeclared_reads(stage, label(stage), toks, i, root)
+        errors += undeclared_reads(stage, label(stage), arg, root)
         if nb not in names: errors.append(f"stage {label(stage)}: {nb} is not a notebook in nbs/stages/"); continue
         if extra := sorted(set(passed) - set(names[nb])):
             errors.append(f"stage {label(stage)}: passes {extra}, which {nb.name}'s parameters cell does not define")

@@ -30,19 +30,20 @@ TIMING = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?(?:ms|s|sec|seconds|minutes|min)
 def code_cells(nb: dict) -> list[str]:
     return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
 
-def modules(text: str) -> set[str]:
-    "Names of the dcr_nb modules `text` imports."
+def modules(text: str, top_level: bool = False) -> set[str]:
+    "Names of the dcr_nb modules `text` imports (`top_level`: only unindented imports, those that run when it is loaded)."
+    if top_level: text = "\n".join(l for l in text.splitlines() if l.startswith(("from ", "import ")))
     found = set()
     for a, b, c in IMPORT.findall(text):
         found |= {a, b} | {n.strip() for n in c.split(",")}
     return {m for m in found if m and (ROOT / "dcr_nb" / f"{m}.py").is_file() and not m.startswith("_")}
 
-def closure(text: str) -> list[Path]:
+def closure(text: str, top_level: bool = False) -> list[Path]:
     "The module files `text` imports, and those they import, transitively."
-    todo, seen = modules(text), set()
+    todo, seen = modules(text, top_level), set()
     while todo:
         m = todo.pop(); seen.add(m)
-        todo |= modules((ROOT / "dcr_nb" / f"{m}.py").read_text()) - seen
+        todo |= modules((ROOT / "dcr_nb" / f"{m}.py").read_text(), top_level) - seen
     return [ROOT / "dcr_nb" / f"{m}.py" for m in sorted(seen)]
 
 def executed_with(path: Path, nb: dict | None = None) -> str:
