@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dcr-nb-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DCR_NB_ROOT := $(abspath .)
 
-.PHONY: setup data chromium notebooks readme repro results test lab clean-outputs paper world gpu-check ablations
+.PHONY: setup data chromium notebooks readme repro results test lab clean-outputs paper world studies gpu-check ablations
 .DEFAULT_GOAL := repro
 
 # The virtual environment with every pinned dependency and the package itself (editable).
@@ -65,8 +65,17 @@ world: setup
 	dvc --cd world repro
 	$(BIN)/python -m dcr_nb.pipeline ship-world
 
+# The world studies (studies/dvc.yaml; settings in studies/params.yaml): what was measured about the shipped world to find
+# the levers for its short rows, one stage per study (`dvc --cd studies repro <study>` runs one). Each writes its tables to
+# studies/outputs/<study>/ (tracked by git), which nbs/08a_world.ipynb shows. class and levers read the world's prepared
+# scenes (made here when missing: `dvc --cd world repro prepare`, 30 s). studies/ is a DVC project of its own:
+# `dvc --cd studies status` asks about it.
+studies: setup
+	@test -f world/outputs/prepare/scenes.npz || dvc --cd world repro prepare
+	dvc --cd studies repro
+
 # The paper profile on a GPU node (nbs/09_paper.ipynb; parameters in paper/params.yaml): first checks that every
-# input (CLIP weights, Stable Diffusion 2.1 folder, CC3M shards, MMVP-VLM) is here and stops with a list of what
+# input (CLIP weights, Stable Diffusion 2.1-base folder, CC3M shards, MMVP-VLM) is here and stops with a list of what
 # is missing, then runs paper/dvc.yaml (paper/ is a DVC project of its own: `dvc --cd paper status` asks about it).
 paper: $(STAMP)
 	$(BIN)/python -m dcr_nb.paper preflight paper/params.yaml

@@ -24,9 +24,9 @@ def models():
     return clip, tok, standin_diffusion(clip, tok, standin_unet())
 
 
-def bench(name: str):
-    "The benchmark script benchmarks/<name>.py as a module."
-    return load_script(f"benchmarks/{name}.py")
+def study(name: str):
+    "The world study studies/<name>.py as a module."
+    return load_script(f"studies/{name}.py")
 
 
 class ConstText(nn.Module):
@@ -87,9 +87,9 @@ def test_sample_recognition_and_table(models, tmp_path):
 
 
 def test_world_levers_plain_variant_replaces_scenes_by_neutral_renders():
-    "benchmarks/world_levers.py: `plainF` swaps about F% of the scenes for the same item rendered neutrally, captioned by the world's rule."
+    "studies/world_levers.py: `plainF` swaps about F% of the scenes for the same item rendered neutrally, captioned by the world's rule."
     from dcr_nb.data import CLASS_NOUNS, arrays_to_specs, full_caption, neutral_spec, render, render_scenes
-    m = bench("world_levers")
+    m = study("world_levers")
     images, labels = load_fashion_mnist("train")
     rates = {"color": 0.8, "count": 0.6}
     src = render_scenes(images, labels, 400, seed=3, rates=rates)
@@ -109,10 +109,10 @@ def test_world_levers_plain_variant_replaces_scenes_by_neutral_renders():
 
 
 def test_world_levers_variant_names_set_tower_batch_and_steps():
-    "benchmarks/world_levers.py: variant parts combine with '+'; a bad name stops the run before any training; vitWxL builds that tower."
+    "studies/world_levers.py: variant parts combine with '+'; a bad name stops the run before any training; vitWxL builds that tower."
     from dcr_nb.encoder import create_encoder
     from dcr_nb.data import arrays_to_specs, render, render_scenes
-    m = bench("world_levers")
+    m = study("world_levers")
     assert m.parse_variant("base") == {"scenes": "base", "tower": None, "batch_size": None, "steps": None, "size": 32, "patch": None, "resnet": None, "twins": 0, "ce": None}
     assert m.parse_variant("plain10+vit192x6+batch256+steps1200+px64+patch4") == {"scenes": "plain10", "tower": (192, 6), "batch_size": 256, "steps": 1200, "size": 64, "patch": 4, "resnet": None, "twins": 0, "ce": None}
     assert m.parse_variant("rn16+steps1200")["resnet"] == 16
@@ -137,10 +137,10 @@ def test_world_levers_variant_names_set_tower_batch_and_steps():
 
 
 def test_world_levers_twins_differ_from_their_scene_only_in_the_item_and_its_class():
-    "benchmarks/world_levers.py: `twinsF` pairs a world scene with its twin (another class, the caption's other words kept) in every batch."
+    "studies/world_levers.py: `twinsF` pairs a world scene with its twin (another class, the caption's other words kept) in every batch."
     import dataclasses
     from dcr_nb.data import CLASS_NOUNS, arrays_to_specs, render, render_scenes
-    m = bench("world_levers")
+    m = study("world_levers")
     images, labels = load_fashion_mnist("train")
     rates = {"color": 0.8, "count": 0.6, "position": 0.6, "text": 0.6, "orientation": 0.03}
     src = render_scenes(images, labels, 200, seed=3, rates=rates, p_neutral=0.25)
@@ -164,8 +164,8 @@ def test_world_levers_twins_differ_from_their_scene_only_in_the_item_and_its_cla
 
 
 def test_world_levers_class_loss_adds_a_cross_entropy_to_lit(models):
-    "benchmarks/world_levers.py: ceW adds W/10 x a class head's cross-entropy to LiT's loss; supervised trains on the cross-entropy alone."
-    m = bench("world_levers")
+    "studies/world_levers.py: ceW adds W/10 x a class head's cross-entropy to LiT's loss; supervised trains on the cross-entropy alone."
+    m = study("world_levers")
     clip, tok, _ = models
     torch.manual_seed(0)
     batch = {"images": torch.rand(6, 3, 32, 32), "captions": [f"a photo of a coat {i}" for i in range(6)], "labels": torch.arange(6)}
@@ -181,8 +181,8 @@ def test_world_levers_class_loss_adds_a_cross_entropy_to_lit(models):
 
 
 def test_world_samples_sampler_names_and_interval():
-    "benchmarks/world_samples.py: `ddimS[@G][-etaE][-trailing]` names a sampler; a bad name stops the run before the world is loaded; Wilson intervals."
-    m = bench("world_samples")
+    "studies/world_samples.py: `ddimS[@G][-etaE][-trailing]` names a sampler; a bad name stops the run before the world is loaded; Wilson intervals."
+    m = study("world_samples")
     assert m.parse_sampler("ddim50") == (50, 1.0, {}) and m.parse_sampler("ddim200@1.5") == (200, 1.5, {})
     assert m.parse_sampler("ddim50@2-eta0.5-trailing") == (50, 2.0, {"eta": 0.5, "spacing": "trailing"})
     for bad in ("ddpm50", "ddim0", "ddim50@", "ddim50@x", "ddim50-eta", "ddim50-leading", "ddim50trailing"):
@@ -209,9 +209,9 @@ def test_world_samples_sampler_names_and_interval():
 
 
 def test_world_samples_sampler_options_patch_the_world_sampler_only_inside(models):
-    "benchmarks/world_samples.py: `sampler_options` makes `sample_recognition` draw with eta / spacing inside, and restores `world.ddim_sample`."
+    "studies/world_samples.py: `sampler_options` makes `sample_recognition` draw with eta / spacing inside, and restores `world.ddim_sample`."
     from dcr_nb import world
-    m, d = bench("world_samples"), models[2]; cond = d.text(["a red bag", "two blue sandals"]); orig = world.ddim_sample
+    m, d = study("world_samples"), models[2]; cond = d.text(["a red bag", "two blue sandals"]); orig = world.ddim_sample
     with m.sampler_options({}): assert world.ddim_sample is orig
     with pytest.raises(RuntimeError, match="inside"), m.sampler_options({"eta": 1.0, "spacing": "trailing"}):
         assert torch.equal(world.ddim_sample(d, cond, 3, 1.0, 5), orig(d, cond, 3, 1.0, 5, eta=1.0, spacing="trailing"))
@@ -224,11 +224,11 @@ def test_world_levers_drops_rows_and_scenes_made_from_other_world_scenes(tmp_pat
     import yaml
     from pathlib import Path
     from dcr_nb.data import load_npz, render_scenes, save_npz
-    m = bench("world_levers")
+    m = study("world_levers")
     root = Path(__file__).parents[1]; params = yaml.safe_load((root / "world" / "params.yaml").read_text())
     prep = tmp_path / "prepare"; prep.mkdir(); params["prepare"]["out"] = str(prep)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.setattr(m, "root_path", lambda p: tmp_path / "params.yaml" if p == "world/params.yaml" else Path(p))
+    monkeypatch.setattr(m, "root_path", lambda p: tmp_path / "params.yaml" if p == "world/params.yaml" else root / p)
     trained = []
     monkeypatch.setattr(m, "run_pretrain_clip", lambda cfg: trained.append(load_npz(Path(cfg.data) / "scenes.npz")["short"][0]) or "clip")
     monkeypatch.setattr(m, "load_clip", lambda *a: __import__("types").SimpleNamespace(visual=nn.Linear(1, 1)))  # no training or measuring: the bookkeeping only
@@ -247,9 +247,9 @@ def test_world_levers_drops_rows_and_scenes_made_from_other_world_scenes(tmp_pat
 
 
 def test_world_wording_swaps_one_attribute_for_the_measurement_only():
-    "benchmarks/world_wording.py: `ATTR=P0|P1|...` rephrases captions and statements inside the block only; bad variants stop the run first."
+    "studies/world_wording.py: `ATTR=P0|P1|...` rephrases captions and statements inside the block only; bad variants stop the run first."
     from dcr_nb.data import SceneSpec, WORDS, full_caption, statement
-    m = bench("world_wording")
+    m = study("world_wording")
     attr, phrases = m.parse_words("position=in the left half|in the right half|in the upper half|in the lower half")
     assert attr == "position" and phrases[:2] == ("in the left half", "in the right half") and phrases[4] == WORDS["position"][4]  # centre kept
     s, before = SceneSpec(item=0, label=3, position=1), WORDS["position"]
@@ -267,7 +267,7 @@ def test_world_wording_conditioning_signal():
     "The conditioning signal is 0 for a text side deaf to the words, > 0 where the states read the changed words, and per attribute."
     import numpy as np
     from dcr_nb.data import sample_spec
-    m = bench("world_wording")
+    m = study("world_wording")
     specs = [sample_spec(np.random.default_rng(0), np.repeat(np.arange(10), 10)) for _ in range(20)]
     deaf = types.SimpleNamespace(encode=lambda caps: torch.ones(len(caps), 4, 3))
     assert m.conditioning_signal(deaf, specs) == {a: 0.0 for a in m.SIGNAL_ATTRS}
@@ -284,8 +284,8 @@ def test_world_wording_conditioning_signal():
 
 
 def test_world_readers_cnn_learns_and_bad_input_stops_first():
-    "benchmarks/world_readers.py: its CNN learns a class that is only in the shape (not the mean); bad sizes stop the run before any work."
-    m = bench("world_readers")
+    "studies/world_readers.py: its CNN learns a class that is only in the shape (not the mean); bad sizes stop the run before any work."
+    m = study("world_readers")
     g = torch.Generator().manual_seed(0); x = torch.rand(256, 1, 16, 16, generator=g) * 0.2
     y = torch.arange(256) % 2; x[y == 1, :, 4:12, 7:9] += 0.8; x[y == 0, :, 7:9, 4:12] += 0.8  # a vertical or a horizontal bar: same mass
     net = m.fit(x[:192], y[:192], epochs=10, batch_size=32)
@@ -297,10 +297,10 @@ def test_world_readers_cnn_learns_and_bad_input_stops_first():
 
 
 def test_world_class_breakdown_and_probe_agree():
-    "benchmarks/world_class.py: per-scene probe predictions score what `linear_probe` scores; by_value splits them per attribute value."
+    "studies/world_class.py: per-scene probe predictions score what `linear_probe` scores; by_value splits them per attribute value."
     from dcr_nb.data import SceneSpec
     from dcr_nb.evaluate import linear_probe
-    m = bench("world_class")
+    m = study("world_class")
     rng = np.random.default_rng(0); y = rng.integers(0, 3, 200); x = rng.normal(size=(200, 8)) + y[:, None]
     ok = m.probe_predictions(x[:100], y[:100], x[100:]) == y[100:]
     assert ok.mean() == pytest.approx(linear_probe(x[:100], y[:100], x[100:], y[100:]), abs=1e-12) and 0.5 < ok.mean() < 1
@@ -310,10 +310,10 @@ def test_world_class_breakdown_and_probe_agree():
 
 
 def test_world_class_tokens_and_probe_c():
-    "benchmarks/world_class.py: block_tokens hooks the residual stream (the last block's class token, ln_post and proj give encode_image); probe_c sweeps C and picks one by CV."
+    "studies/world_class.py: block_tokens hooks the residual stream (the last block's class token, ln_post and proj give encode_image); probe_c sweeps C and picks one by CV."
     from dcr_nb.encoder import create_encoder
     from dcr_nb.evaluate import linear_probe, model_pixels
-    m = bench("world_class")
+    m = study("world_class")
     torch.manual_seed(0); clip = create_encoder("tiny", random_init=True).eval(); v = clip.visual
     x = torch.rand(5, 3, 32, 32)
     last, second = m.block_tokens(clip, x, block=-1, batch_size=2), m.block_tokens(clip, x, batch_size=3)

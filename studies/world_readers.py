@@ -12,9 +12,10 @@ measures what a reader with the right inductive bias gets from the same pixels, 
   on true renders of `reader_test` scenes and on N samples of the shipped denoiser from held-out full captions
   (sampled the report's way): is the samples row held back by its reader or by the samples?
 
-    .venv/bin/python benchmarks/world_readers.py [--n-train 12000] [--epochs 15] [--n-probe 4000] [--samples 256] [--no-ceiling] [--out DIR]
+    dvc --cd studies repro readers                    the stage: settings from studies/params.yaml (`readers`)
+    .venv/bin/python studies/world_readers.py [--n-train 12000] [--epochs 15] [--n-probe 4000] [--samples 256] [--no-ceiling] [--out DIR]
 
-Prints a table; writes it and the numbers to DIR (default /tmp/world_readers).
+Prints a table; writes it (table.md) and the numbers (results.json) to DIR (the stage's: studies/outputs/readers).
 """
 import argparse, json, sys, time
 from pathlib import Path
@@ -48,13 +49,20 @@ def crops(images: np.ndarray, specs) -> tuple[torch.Tensor, np.ndarray]:
     flat = np.stack([item_crop(im, s)[0] for im, s in zip(images, specs)]).astype(np.float32)
     return torch.from_numpy(flat).view(-1, 1, 16, 16), flat
 
-def main(argv=None) -> int:
+SECTION = "readers"  # this study's settings in studies/params.yaml
+
+def parser() -> argparse.ArgumentParser:
+    "The command line; every default is the study's setting in studies/params.yaml."
+    s = yaml.safe_load(root_path("studies/params.yaml").read_text())[SECTION]
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n-train", type=int, default=12000); p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--n-probe", type=int, default=None, help="held-out scenes of the probe (default: the world report's)")
-    p.add_argument("--samples", type=int, default=256); p.add_argument("--out", default="/tmp/world_readers")
-    p.add_argument("--no-ceiling", action="store_true", help="skip the supervised scene CNN and the linear probes (only the samples' readers)")
-    a = p.parse_args(argv)
+    p.add_argument("--n-train", type=int, default=s["n_train"]); p.add_argument("--epochs", type=int, default=s["epochs"])
+    p.add_argument("--n-probe", type=int, default=s["n_probe"], help="held-out scenes of the probe (none: the world report's)")
+    p.add_argument("--samples", type=int, default=s["samples"]); p.add_argument("--out", default=s["out"])
+    p.add_argument("--no-ceiling", action="store_true", default=s["no_ceiling"], help="skip the supervised scene CNN and the linear probes (only the samples' readers)")
+    return p
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     for flag, v, lo in (("--n-train", a.n_train, 10), ("--epochs", a.epochs, 1), ("--samples", a.samples, 0), ("--n-probe", a.n_probe, 2)):
         if v is not None and v < lo: raise SystemExit(f"{flag} {v}: must be >= {lo}")
     params = yaml.safe_load(root_path("world/params.yaml").read_text()); rep, model = params["report"], params["pretrain_clip"]["model"]
@@ -90,11 +98,11 @@ def main(argv=None) -> int:
         d = load_standin_diffusion(model, shipped, str(weights), "make world")
         spec_s = world_specs(test[1], a.samples, seed, WORLD_STREAMS["samples"]); caps = [full_caption(s) for s in spec_s]
         t0 = time.perf_counter()
-        with torch.no_grad(): gen = torch.cat([sample(d, d.text(caps[b:b + 64]), rep["sample_steps"], rep["guidance"], seed + b)
+        with torch.no_grad(): gen = torch.cat([sample(d, d.text(caps[b:b + 64]), rep["sample_steps"], rep["guidance"], seed + b, rep["eta"])
                                               for b in range(0, a.samples, 64)])  # as `sample_recognition` draws them
         gen = (gen.movedim(1, -1).cpu().numpy() * 255).round().astype(np.uint8); sample_s = time.perf_counter() - t0
         rt = world_specs(test[1], 2000, seed, WORLD_STREAMS["reader_test"])
-        for name, ims, ss in (("true renders (reader_test)", render_specs(rt, test[0], 32), rt), (f"samples ({rep['sample_steps']} DDIM steps)", gen, spec_s)):
+        for name, ims, ss in (("true renders (reader_test)", render_specs(rt, test[0], 32), rt), (f"samples ({rep['sample_steps']} DDIM steps, eta {rep['eta']:g})", gen, spec_s)):
             (xc, xf), yy = crops(ims, ss), np.array([s.label for s in ss])
             keep(name, cnn_reader_pct=100 * float((predict(crop_cnn, xc) == yy).mean()),
                  mlp_reader_pct=100 * float((mlp.predict(xf) == yy).mean()), n=len(ss), fit_s=fit_s, sample_s=sample_s if "samples" in name else 0.0)

@@ -1,19 +1,21 @@
 """How do the sampler's settings move the world report's samples row? (issue 14: samples' class 17.2% against >= 50)
 
-The world report draws 64 samples from held-out full captions with 50 DDIM steps and no classifier-free guidance,
-and asks a reader (an MLP trained on rendered scenes; 78% on true renders) for the captioned class and colour of
+The world report draws samples from held-out full captions (`report` in world/params.yaml: 256 of them, 50 DDIM steps,
+eta 1, no classifier-free guidance) and asks a reader (an MLP trained on rendered scenes; 78% on true renders) for the captioned class and colour of
 the garment where the caption puts it. This script reuses the shipped denoiser (world/weights/) and one reader, and
 measures the same row for several samplers side by side, with more samples for a tighter interval:
 
-    .venv/bin/python benchmarks/world_samples.py [--n 256] [--samplers ddim50,ddim200,ddim50@1.5] [--train 600,1200:w2+attn16] [--seed S] [--out DIR]
+    dvc --cd studies repro samples                    the stage: settings from studies/params.yaml (`samples`)
+    .venv/bin/python studies/world_samples.py [--n 256] [--samplers ddim50,ddim200,ddim50@1.5] [--train 600,1200:w2+attn16] [--seed S] [--out DIR]
 
 A sampler is `ddimS` (S DDIM steps) with an optional `@G` (guidance G; default 1, none), then optional options each
 after a "-": `etaE` (DDIM's eta: 0 is the report's deterministic DDIM, 1 adds DDPM-like noise at every step) and
 `trailing` (timesteps spaced from t = 999 down, as Lin et al. 2024 advise, instead of the shipped scheduler's
 "leading" spacing, which starts 50 steps at t = 980), e.g. `ddim50-eta1-trailing`. The options are
-`world.ddim_sample`'s; the report's own sampler is set in `world/params.yaml` (`report.eta`). `--train N[:UNET],...` also
-pretrains a denoiser from scratch for N steps each, with the world pipeline's code and parameters otherwise
-(`run_pretrain_denoiser`; needs `dvc --cd world repro prepare`), and samples it with the report's sampler: the
+`world.ddim_sample`'s; the report's own sampler is set in `world/params.yaml` (`report.eta`: 1, so it is `ddim50-eta1`).
+`--train N[:UNET],...` also pretrains a denoiser from scratch for N steps each (in a temporary folder), with the world
+pipeline's code and parameters otherwise (`run_pretrain_denoiser`; needs `dvc --cd world repro prepare`), and samples
+it with the report's sampler (its steps, guidance and eta): the
 training-length lever, beside the shipped denoiser's 3,000 steps. UNET changes the stand-in UNet
 (`conditioning.STANDIN_UNET`: channels 32/64/64, cross-attention only at 8x8, one layer a block), parts joined by "+":
 
@@ -23,9 +25,10 @@ training-length lever, beside the shipped denoiser's 3,000 steps. UNET changes t
 
 Every denoiser measured also gets its sensitivity to the class word: the world report's per-attribute measure
 (`denoiser_sensitivity`, pooled over t = 100-700, 128 held-out scenes) with the class changed. Prints a table with
-95% Wilson intervals; writes it and the numbers to DIR (default /tmp/world_samples), a row as each run ends.
+95% Wilson intervals; writes it (table.md), the numbers (results.json, a row as each run ends) and a grid of each run's
+first samples (<run>.png) to DIR (the stage's: studies/outputs/samples).
 """
-import argparse, contextlib, json, re, sys, time
+import argparse, contextlib, json, re, shutil, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 from dcr_nb import conditioning, world
@@ -76,7 +79,7 @@ def class_sensitivity(d, n: int = 128, seed: int = 0, data=None) -> dict:
     finally: world.N_VALUES = saved
 
 def parse_sampler(name: str) -> tuple[int, float, dict]:
-    "(DDIM steps, guidance, options) of a sampler name `ddimS[@G][-etaE][-trailing]`; options {} is the report's sampler."
+    "(DDIM steps, guidance, options) of a sampler name `ddimS[@G][-etaE][-trailing]`; options {}: eta 0 and the scheduler's spacing."
     m = SAMPLER.fullmatch(name)
     if not m or int(m[1]) < 1:
         raise SystemExit(f"unknown sampler {name!r}: ddimS[@G][-etaE][-trailing] (S steps >= 1, G the guidance, E DDIM's eta), e.g. ddim50@1.5 or ddim50-eta1-trailing")
@@ -98,12 +101,19 @@ def wilson(k: float, n: int) -> tuple[float, float]:
     "95% Wilson interval (%) of a proportion k/n."
     iv = proportion_interval(k, n); return iv["lo"], iv["hi"]
 
-def main(argv=None) -> int:
+SECTION = "samples"  # this study's settings in studies/params.yaml
+
+def parser() -> argparse.ArgumentParser:
+    "The command line; every default is the study's setting in studies/params.yaml."
+    s = yaml.safe_load(root_path("studies/params.yaml").read_text())[SECTION]
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=256); p.add_argument("--samplers", default="ddim50,ddim200,ddim50@1.5")
-    p.add_argument("--seed", type=int, default=None, help="draws the captions, the noise and the reader (default: the world report's; another seed gives 256 other captions, to check a choice made on the report's)")
-    p.add_argument("--out", default="/tmp/world_samples"); p.add_argument("--train", default="", help="denoisers to pretrain: training steps, each with an optional :UNET, e.g. 600,1500:w2+attn16")
-    a = p.parse_args(argv)
+    p.add_argument("--n", type=int, default=s["n"]); p.add_argument("--samplers", default=s["samplers"])
+    p.add_argument("--seed", type=int, default=s["seed"], help="draws the captions, the noise and the reader (none: the world report's; another seed gives other captions, to check a choice made on the report's)")
+    p.add_argument("--out", default=s["out"]); p.add_argument("--train", default=s["train"], help="denoisers to pretrain: training steps, each with an optional :UNET, e.g. 600,1500:w2+attn16")
+    return p
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     samplers = {s: parse_sampler(s) for s in a.samplers.split(",") if s}  # every name checked before any work
     train_steps = parse_train(a.train)
     if not samplers and not train_steps: raise SystemExit("nothing to measure: give --samplers, --train or both")
@@ -120,14 +130,15 @@ def main(argv=None) -> int:
     data = load_fashion_mnist("test"); t0 = time.perf_counter()
     reader = fit_reader(n=rep["n_reader"], seed=seed); print(f"reader fitted in {time.perf_counter() - t0:.0f} s", flush=True)
     out, rows = Path(a.out), {}; out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="world_samples_")) if train_steps else None  # trained denoisers: not outputs
     runs = [(name, "shipped", None, steps, guidance, opts) for name, (steps, guidance, opts) in samplers.items()]
-    pd_ = params["pretrain_denoiser"]; report_sampler = (rep["sample_steps"], rep["guidance"])
-    runs += [(f"trained{n}{'-' + u if u else ''}:ddim{report_sampler[0]}", f"{n}{' ' + u if u else ''}", (n, u), *report_sampler, {}) for n, u in train_steps]
+    pd_ = params["pretrain_denoiser"]; report_sampler = (rep["sample_steps"], rep["guidance"], {"eta": rep["eta"]} if rep["eta"] else {})
+    runs += [(f"trained{n}{'-' + u if u else ''}:ddim{report_sampler[0]}", f"{n}{' ' + u if u else ''}", (n, u), *report_sampler) for n, u in train_steps]
     sensitivity = {}  # denoiser -> its class sensitivity, measured once
     for name, denoiser, train, steps, guidance, opts in runs:  # train: None (the shipped denoiser) or (steps, UNet variant) to pretrain
         t0, train_s, dn = time.perf_counter(), 0.0, d
         if train:
-            n_steps, unet = train; folder = out / f"denoiser{n_steps}{'-' + unet if unet else ''}"
+            n_steps, unet = train; folder = work / f"denoiser{n_steps}{'-' + unet if unet else ''}"
             cfg = PretrainDenoiserConfig.from_dict({**{k: x for k, x in pd_.items() if k != "check_n"}, "model": model,
                                                     "steps": n_steps, "warmup_steps": min(pd_["warmup_steps"], n_steps // 10),
                                                     "ckpt_every": min(n_steps, pd_["ckpt_every"]), "data": str(prep), "out": str(folder), "train_dir": str(folder / "train")})
@@ -150,6 +161,7 @@ def main(argv=None) -> int:
     table += [f"| {n} | {r['denoiser']} | {r['unet_params_M']:.2f} | {r['steps']} | {r['guidance']:g} | {r['class_%']:.1f} [{r['class_ci'][0]:.1f}, {r['class_ci'][1]:.1f}] | "
               f"{r['colour_%']:.1f} | {r['class_sensitivity_%']:.1f} | {r['train_s']:.0f} | {r['seconds']:.0f} |" for n, r in rows.items()]
     print("\n".join(table)); (out / "table.md").write_text("\n".join(table) + "\n")
+    if work: shutil.rmtree(work)
     return 0
 
 if __name__ == "__main__": sys.exit(main())

@@ -18,10 +18,12 @@ shipped CLIP (world/weights/clip.safetensors) and the report's own scenes and pr
                  their mean and the class token), probed the same way, for the shipped CLIP and for an untrained tower
                  of the same shape: does the class live in the tokens rather than in the pooled embedding?
 
-    .venv/bin/python benchmarks/world_class.py [--out DIR]
+    dvc --cd studies repro class                      the stage: settings from studies/params.yaml (`class`)
+    .venv/bin/python studies/world_class.py [--n N] [--out DIR]      the same, a setting overridden
 
-Needs the world's prepared scenes for the last part of "items" (`dvc --cd world repro prepare`, 16 s). About two
-and a half minutes on 2 CPU cores. Prints the tables; writes them and the numbers to DIR (default /tmp/world_class).
+Needs the world's prepared scenes for the last part of "items" (`dvc --cd world repro prepare`, 16 s). About three
+minutes on 2 CPU cores. Prints the tables; writes them (table.md) and the numbers (results.json) to DIR (the stage's:
+studies/outputs/class).
 """
 import argparse, json, sys
 from pathlib import Path
@@ -83,10 +85,17 @@ def by_value(ok: np.ndarray, specs, attrs) -> dict[str, dict[int, list]]:
         out[a] = {int(u): [100 * float(ok[v == u].mean()), int((v == u).sum())] for u in np.unique(v)}
     return out
 
-def main(argv=None) -> int:
+SECTION = "class"  # this study's settings in studies/params.yaml
+
+def parser() -> argparse.ArgumentParser:
+    "The command line; every default is the study's setting in studies/params.yaml."
+    s = yaml.safe_load(root_path("studies/params.yaml").read_text())[SECTION]
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="/tmp/world_class"); p.add_argument("--n", type=int, default=4000, help="held-out scenes, half to fit the probe (the report's: 4000)")
-    a = p.parse_args(argv)
+    p.add_argument("--out", default=s["out"]); p.add_argument("--n", type=int, default=s["n"], help="held-out scenes, half to fit the probe")
+    return p
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     if a.n < 20: raise SystemExit(f"--n {a.n}: at least 20 held-out scenes (half fit the probe, half score it)")
     params = yaml.safe_load(root_path("world/params.yaml").read_text()); model = params["pretrain_clip"]["model"]
     weights, prep = root_path("world/weights/clip.safetensors"), root_path(params["prepare"]["out"]) / "scenes.npz"

@@ -5,9 +5,10 @@ and scores the statement pairs by the MMVP rule: the ceiling the text side allow
 attribute's words (`dcr_nb.data.WORDS`) and measures the oracle again with the shipped CLIP's text side (MiniLM and
 its trained projection), on the world's benchmark pairs, every category (each full caption carries every phrase):
 
-    .venv/bin/python benchmarks/world_wording.py [--words 'position=in the left half|in the right half|in the upper half|in the lower half'] [--pairs 100]
+    dvc --cd studies repro wording                    the stage: settings from studies/params.yaml (`wording`)
+    .venv/bin/python studies/world_wording.py [--words 'position=to the left|to the right|above|below'] [--pairs 100] [--out DIR]
 
-`--words ATTR=P0|P1|...` (repeatable) is one variant: the phrases for the attribute's values in index order (for
+`--words ATTR=P0|P1|...` (repeatable; added to the variants in studies/params.yaml) is one variant: the phrases for the attribute's values in index order (for
 position, the four a training scene can take; the evaluation-only centre keeps its words). The world's current words
 are always measured first. Nothing is written to the library: the words are swapped for the measurement only.
 
@@ -16,7 +17,7 @@ cross-attention reads them). So for each wording the script also measures the co
 the relative change of those states when only that attribute of a full caption changes (mean over token positions
 of the per-token L2 change, over the mean per-token norm; averaged over --scenes random scenes). A wording that
 weakens an attribute's signal gives the denoiser less to learn it from.
-Prints two tables; writes them and the numbers to --out (default /tmp/world_wording).
+Prints two tables; writes them (table.md) and the numbers (results.json) to --out (the stage's: studies/outputs/wording).
 """
 import argparse, contextlib, dataclasses, json, sys, time
 from pathlib import Path
@@ -53,12 +54,19 @@ def conditioning_signal(text, specs, attrs=SIGNAL_ATTRS, seed: int = 0) -> dict[
         out[attr] = float((diff / own.norm(dim=-1).mean(1)).mean())
     return out
 
-def main(argv=None) -> int:
+SECTION = "wording"  # this study's settings in studies/params.yaml
+
+def parser() -> argparse.ArgumentParser:
+    "The command line; every default is the study's setting in studies/params.yaml."
+    s = yaml.safe_load(root_path("studies/params.yaml").read_text())[SECTION]
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--words", action="append", default=[], help="ATTR=P0|P1|... (repeatable)")
-    p.add_argument("--pairs", type=int, default=100); p.add_argument("--out", default="/tmp/world_wording")
-    p.add_argument("--scenes", type=int, default=300, help="random scenes for the conditioning signal")
-    a = p.parse_args(argv)
+    p.add_argument("--words", action="append", default=list(s["words"]), help="ATTR=P0|P1|... (repeatable; added to the settings' variants)")
+    p.add_argument("--pairs", type=int, default=s["pairs"]); p.add_argument("--out", default=s["out"])
+    p.add_argument("--scenes", type=int, default=s["scenes"], help="random scenes for the conditioning signal")
+    return p
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     variants = [parse_words(w) for w in a.words]  # every variant checked before any work
     if a.pairs < 1: raise SystemExit(f"--pairs {a.pairs}: pairs per category must be >= 1")
     if a.scenes < 1: raise SystemExit(f"--scenes {a.scenes}: scenes for the conditioning signal must be >= 1")

@@ -33,19 +33,22 @@ does:
 
 Parts combine with "+": `vit256x4+batch256+steps1200`, `px64+steps1200`, `patch2`, `rn16+steps1200`, `twins50`, `ce10`, `supervised+rn16`.
 
-The README's table was measured on 2026-12-03 with a world whose scenes had no neutral renders. That measurement
+The first measurement (2026-12-03, plain10 and plain25 against base, with a world whose scenes had no neutral renders)
 led to the prepare parameter `p_neutral` (world/params.yaml: 0.25), so the world's scenes now hold neutral renders
 and `base` means them; plainF swaps a further F% of all scenes.
 
-    .venv/bin/python benchmarks/world_levers.py [--steps 600] [--variants base,vit256x4,batch256] [--out DIR]
+    dvc --cd studies repro levers                     the stage: settings from studies/params.yaml (`levers`)
+    .venv/bin/python studies/world_levers.py [--steps 600] [--variants base,vit256x4,batch256] [--out DIR] [--work DIR]
 
-Needs the world pipeline's prepared data (`dvc --cd world repro prepare`, 16 s). Prints a table; writes it and the
-numbers to DIR (default /tmp/world_levers), adding to what earlier runs into DIR measured on the same world scenes
-(rows and scene variants made from other scenes, e.g. before a world rebuild, are dropped and remade). On 2 CPU cores (measured 2026-12-03): base at 600 steps
+Needs the world pipeline's prepared data (`dvc --cd world repro prepare`, 16 s). Prints a table; writes it (table.md)
+and the numbers (results.json) to --out (the stage's: studies/outputs/levers), adding to what earlier runs into it
+measured on the same world scenes (rows made from other scenes, e.g. before a world rebuild, are dropped; the stage
+starts from an empty folder). The scene variants and checkpoints go to --work (none: a temporary folder, removed at
+the end; a folder given is kept, and its scene variants are reused while the world's scenes are unchanged). On 2 CPU cores (measured 2026-12-03): base at 600 steps
 took 389 s; estimated from it and the world's 3,000-step build (1,240 s), about 3 minutes of that encode the short
 captions with MiniLM, once each, and the image tower's step costs about 0.33 s at batch 128; vit256x4 1,157 s, batch256 1,078 s, px64 681 s (plus 2-3 minutes of measuring each).
 Measured 2026-12-05 (600 steps unless named): twins50 257 s, ce10 232 s, supervised 161 s, twins50+rn16 118 s,
-supervised+rn16+steps6000 411 s, ce10+steps3000 906 s (training only; the README's world section has the table).
+supervised+rn16+steps6000 411 s, ce10+steps3000 906 s (training only).
 """
 import argparse, dataclasses, json, re, shutil, sys, tempfile, time
 from pathlib import Path
@@ -193,18 +196,27 @@ def measure(clip, data: Path, model: str, n_scene_probe: int) -> dict:
     scenes = attribute_probe(clip, n=n_scene_probe, attributes=("label",))["label"]["accuracy"]
     return {"zero_shot": 100 * d["zero_shot_acc"], "linear_probe": 100 * d["linear_probe_acc"], "class_in_scenes": scenes}
 
-def main(argv=None) -> int:
+SECTION = "levers"  # this study's settings in studies/params.yaml
+
+def parser() -> argparse.ArgumentParser:
+    "The command line; every default is the study's setting in studies/params.yaml."
+    s = yaml.safe_load(root_path("studies/params.yaml").read_text())[SECTION]
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=600); p.add_argument("--variants", default="base,vit256x4,batch256")
-    p.add_argument("--out", default="/tmp/world_levers"); p.add_argument("--scene-probe", type=int, default=4000)
-    a = p.parse_args(argv)
+    p.add_argument("--steps", type=int, default=s["steps"]); p.add_argument("--variants", default=s["variants"])
+    p.add_argument("--out", default=s["out"]); p.add_argument("--scene-probe", type=int, default=s["scene_probe"])
+    p.add_argument("--work", default=s["work"], help="scene variants and checkpoints (none: a temporary folder, removed at the end)")
+    return p
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     variants = {name: parse_variant(name) for name in a.variants.split(",")}  # every name checked before any work
     params = yaml.safe_load(root_path("world/params.yaml").read_text()); prep = root_path(params["prepare"]["out"])
     if not (prep / "scenes.npz").is_file():
         print(f"missing {prep}/scenes.npz: run `dvc --cd world repro prepare` first (16 s)", file=sys.stderr); return 2
     rates = PrepareConfig.from_dict(params["prepare"]).rates()  # the caption mention rates (not p_neutral)
     src, (images, labels) = load_npz(prep / "scenes.npz"), load_fashion_mnist("train")
-    out, pc = Path(a.out), params["pretrain_clip"]
+    out, pc = Path(a.out), params["pretrain_clip"]; out.mkdir(parents=True, exist_ok=True)
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="world_levers_"))
     source = file_md5(prep / "scenes.npz")  # what every scene variant and row in DIR was made from
     rows = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}  # earlier runs into DIR are kept
     if stale := [n for n, r in rows.items() if r.get("source_md5") != source]:
@@ -212,7 +224,7 @@ def main(argv=None) -> int:
         rows = {n: r for n, r in rows.items() if n not in stale}
     if rows: print(f"{out}/results.json: keeping {', '.join(rows)} (a variant run again is replaced)", flush=True)
     for name, v in variants.items():
-        data = out / f"scenes-{v['scenes']}-{v['size']}px"  # scene variants are shared, and remade when the world's scenes change
+        data = work / f"scenes-{v['scenes']}-{v['size']}px"  # scene variants are shared, and remade when the world's scenes change
         if (data / "source.md5").is_file() and (data / "source.md5").read_text() != source: shutil.rmtree(data)
         data.mkdir(parents=True, exist_ok=True)
         if not (data / "scenes.npz").exists(): save_npz(data / "scenes.npz", **at_size(variant_scenes(v["scenes"], src, rates, images), images, v["size"]))
@@ -223,7 +235,7 @@ def main(argv=None) -> int:
         if v["twins"] and not (data / "twins.npz").exists():  # the world's scenes' twins, at this variant's size
             save_npz(data / "twins.npz", **at_size(twin_scenes(src, images, labels, rates, params["prepare"]["seed"]), images, v["size"]))
         (data / "source.md5").write_text(source)
-        steps, folder = v["steps"] or a.steps, out / name
+        steps, folder = v["steps"] or a.steps, work / name
         cfg = PretrainClipConfig.from_dict({**{k: x for k, x in pc.items() if k != "report_n"},
                                             "model": tower_model(v["resnet"], 1, v["size"], resnet=True) if v["resnet"] else
                                                      tower_model(*(v["tower"] or (128, 4)), v["size"], patch=v["patch"]) if v["tower"] or v["size"] != 32 or v["patch"] else pc["model"],
@@ -248,6 +260,7 @@ def main(argv=None) -> int:
     table += [f"| {n} | {r['steps']} | {r['batch_size']} | {r['tower_params_M']:.2f} | {r['zero_shot']:.1f} | {r['linear_probe']:.1f} | "
               f"{r['class_in_scenes']:.1f} | {cell(r, 'head_in_scenes')} | {r['train_s']:.0f} |" for n, r in rows.items()]
     print("\n".join(table)); (out / "table.md").write_text("\n".join(table) + "\n")
+    if not a.work: shutil.rmtree(work)
     return 0
 
 if __name__ == "__main__": sys.exit(main())
