@@ -32,7 +32,8 @@ class VAECodec(nn.Module):
         self.scale, self.shift = c.scaling_factor, getattr(c, "shift_factor", None) or 0.0
         self.channels, self.factor = c.latent_channels, 2 ** (len(c.block_out_channels) - 1)
     def encode(self, x, sample: bool = True, generator=None):
-        d = self.vae.encode(2 * x - 1).latent_dist
+        "Latents of images `x` in [0, 1], in the VAE's dtype (bf16 when it is held in bf16, as the released code holds it)."
+        d = self.vae.encode((2 * x - 1).to(self.vae.dtype)).latent_dist
         return ((d.sample(generator) if sample else d.mode()) - self.shift) * self.scale
     def decode(self, z): return ((self.vae.decode(z / self.scale + self.shift).sample + 1) / 2).clamp(0, 1)
 
@@ -74,10 +75,13 @@ def openclip_text(model: nn.Module, tokenizer, memo: bool = False) -> TextEncode
     "An open_clip model's text tower (per-token states: after ln_final, or a Hugging Face tower's last layer) as a `TextEncoder`."
     return TextEncoder(tokenizer, functools.partial(text_token_states, model), model, memo)
 
-def hf_text(text_model: nn.Module, tokenizer) -> TextEncoder:
-    "A transformers CLIPTextModel (Stable Diffusion's text encoder) as a `TextEncoder`: last hidden states, padded to max length."
-    tok = lambda c: tokenizer(c, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-    return TextEncoder(tok, lambda ids: text_model(ids).last_hidden_state, text_model)
+def hf_text(text_model: nn.Module, tokenizer, mask: bool = False) -> TextEncoder:
+    """A transformers CLIPTextModel (Stable Diffusion's text encoder) as a `TextEncoder`: last hidden states, padded to max length.
+    `mask`: encode with the padding's attention mask, as the released DCR code does; without it (the default), as Stable Diffusion's
+    own pipeline encodes prompts (and as SD 2.1 was trained)."""
+    tok = lambda c: tokenizer(c, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    states = lambda enc: text_model(enc.input_ids, attention_mask=enc.attention_mask if mask else None).last_hidden_state
+    return TextEncoder(tok, states, text_model)
 
 # %% ../nbs/03_conditioning.ipynb #c015
 @dataclasses.dataclass(eq=False)
@@ -97,8 +101,9 @@ class Diffusion:
     def d_cross(self) -> int: return self.unet.config.cross_attention_dim
 
     def denoise(self, x_t, t, cond) -> torch.Tensor:
-        "The denoiser's prediction: x_t (N, C, h, w), t (N,), cond (N, L, d_cross) -> (N, C, h, w)."
-        return self.unet(x_t, t, encoder_hidden_states=cond).sample
+        "The denoiser's prediction: x_t (N, C, h, w), t (N,), cond (N, L, d_cross) -> (N, C, h, w), inputs cast to the UNet's dtype."
+        dt = self.unet.dtype
+        return self.unet(x_t.to(dt), t, encoder_hidden_states=cond.to(dt)).sample
 
 def standin_diffusion(clip: nn.Module, tokenizer, unet: UNet2DConditionModel | None = None,
                       prediction_type: str = "epsilon", memo: bool = False) -> Diffusion:
@@ -112,21 +117,23 @@ def standin_diffusion(clip: nn.Module, tokenizer, unet: UNet2DConditionModel | N
 # %% ../nbs/03_conditioning.ipynb #c019
 SD_PARTS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
 
-def load_sd(folder, device="cpu", dtype=torch.float32) -> Diffusion:
-    "A frozen `Diffusion` from a local diffusers Stable Diffusion folder; never downloads."
+def load_sd(folder, device="cpu", dtype=torch.float32, empty_mask: bool = False) -> Diffusion:
+    """A frozen `Diffusion` from a local diffusers Stable Diffusion folder; never downloads. `dtype`: the UNet's and VAE's weights
+    (the text encoder stays float32); `empty_mask`: encode prompts with their attention mask (`hf_text`)."""
     from transformers import CLIPTextModel, CLIPTokenizer
     folder = Path(folder)
-    how = ("download a diffusers Stable Diffusion folder (for the paper: stabilityai/stable-diffusion-2-1) on a machine "
-           "with network, e.g. `hf download stabilityai/stable-diffusion-2-1 --local-dir <folder>`, copy it here and pass its path")
+    how = ("download a diffusers Stable Diffusion folder (for the paper: SD 2.1-base, e.g. Manojb/stable-diffusion-2-1-base) on a machine "
+           "with network, e.g. `hf download Manojb/stable-diffusion-2-1-base --local-dir <folder>`, copy it here and pass its path")
     if not folder.is_dir(): raise FileNotFoundError(f"No Stable Diffusion folder at {folder}: {how}")
     if missing := [p for p in SD_PARTS if not (folder / p).is_dir()]:
         raise FileNotFoundError(f"{folder} is not a complete diffusers Stable Diffusion folder: missing {', '.join(m + '/' for m in missing)}; {how}")
     kw = dict(local_files_only=True, torch_dtype=dtype)
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw).to(device).requires_grad_(False).eval()
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw).to(device)
-    text = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw).to(device).requires_grad_(False).eval()
+    text = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).to(device).requires_grad_(False).eval()
     sched = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
-    return Diffusion(unet, sched, VAECodec(vae), hf_text(text, CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)))
+    tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    return Diffusion(unet, sched, VAECodec(vae), hf_text(text, tok, mask=empty_mask))
 
 # %% ../nbs/03_conditioning.ipynb #c024
 class Projector(nn.Sequential):

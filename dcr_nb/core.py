@@ -173,7 +173,7 @@ def _from_params(cls, params: str, reads: str, **given):
     given = {k: v for k, v in given.items() if v != ""}  # a stage notebook's parameter that the stage does not pass is ""
     vals.update(given); src.update({k: "given by the stage" for k in given})
     cfg = cls.from_dict(vals)
-    object.__setattr__(cfg, "_sources", src)
+    object.__setattr__(cfg, "_sources", {**getattr(cfg, "_sources", {}), **src})  # a config may name sources of its own (derived values)
     return cfg
 
 StageConfig.from_params = classmethod(_from_params)

@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 from .core import ConfigError, StageConfig, atomic_write, root_path, seed_everything
-from .encoder import embed_dim, token_width, add_lora, save_encoder, Augment
+from .encoder import embed_dim, token_width, add_lora, save_encoder, Augment, image_stats
 from .conditioning import Projector, ConditionBuilder, CONDITIONS, Diffusion
 from .train import TrainConfig, train
 from .tasks import DCRTask, make_objective, OBJECTIVES
@@ -38,9 +38,10 @@ class DCRStageConfig(TrainConfig):
     probe_every: int = 0                           # gradient-conflict probe period in micro-batches (0 = off)
     hflip: float = 0.0                             # positive view: horizontal-flip probability (a flip swaps left and right; the paper: 0.5)
     vflip: float = 0.0                             # positive view: vertical-flip probability (a flip turns upright into upside down; the paper: 0.5)
+    view_space: str = "pixel"                      # positive view's colour jitter: on pixels in [0, 1] (ours) | on CLIP-normalised values, clamped (released)
     lora_r: int = 0                                # LoRA rank (stage 2 only)
     lora_alpha: float = 16.0                       # LoRA alpha
-    lora_dropout: float = 0.1                      # LoRA dropout: MLP adapters only (peft merges attention adapters, no dropout)
+    lora_dropout: float = 0.1                      # LoRA dropout, on every adapter (as released)
     model: str = "lit"                             # the CLIP backbone
     clip: str = "world/weights/clip.safetensors"   # its checkpoint (the shipped world)
     denoiser: str = "world/weights"              # the frozen denoiser: unet/ and scheduler/ (the shipped world)
@@ -76,7 +77,7 @@ def dcr_task(cfg: DCRStageConfig, clip: torch.nn.Module, d: Diffusion) -> DCRTas
     if cfg.stage in (0, 2): add_lora(clip, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)  # stage 0: the builder stays trainable
     obj = make_objective(cfg.objective, cfg.target, cfg.tau, cfg.lam, cfg.num_negatives, cfg.chunk_size)
     denoise = fast_denoise(d, prefix=cfg.fast, channels_last=cfg.fast, checkpoint=cfg.checkpoint) if cfg.fast or cfg.checkpoint else None
-    view = Augment(hflip=cfg.hflip, vflip=cfg.vflip)  # the positive view; crop and colour jitter as the paper's
+    view = Augment(hflip=cfg.hflip, vflip=cfg.vflip, space=cfg.view_space, mean=image_stats(clip)[0], std=image_stats(clip)[1])  # the positive view
     return DCRTask(clip, builder, d, obj, augment=view, probe_every=cfg.probe_every, denoise=denoise)
 
 # %% ../nbs/08b_dcr_stages.ipynb #s014

@@ -16,8 +16,9 @@ from .core import atomic_write
 __all__ = ['MODEL_CONFIG_DIR', 'TEXT_ENCODER_ENV', 'MINILM', 'STANDINS', 'BACKBONES', 'MissingWeightsError', 'minilm_folder',
            'register_model_configs', 'Backbone', 'resolve_pretrained', 'has_hf_text', 'load_weights', 'create_encoder',
            'image_stats', 'Normalize', 'image_embedding', 'embed_dim', 'token_width', 'image_tokens', 'rgb_to_hsv',
-           'hsv_to_rgb', 'Augment', 'lora_targets', 'add_lora', 'merge_lora', 'lora_parameters', 'save_encoder',
-           'text_token_states', 'get_tokenizer']
+           'hsv_to_rgb', 'Augment', 'LoraDelta', 'LoraLinear', 'LoraProjection', 'LoraAttention', 'lora_targets',
+           'add_lora', 'merge_lora', 'lora_parameters', 'peft_lora_state', 'save_encoder', 'text_token_states',
+           'get_tokenizer']
 
 # %% ../nbs/02_encoder.ipynb #c006
 MODEL_CONFIG_DIR = Path(str(importlib.resources.files("dcr_nb") / "model_configs"))  # the stand-ins' open_clip JSON configs
@@ -228,28 +229,38 @@ def image_tokens(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, 
 def _gray(x): return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)  # (B, 1, H, W), ITU-R 601-2
 
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    "RGB in [0, 1] -> HSV with hue in [0, 1); (B, 3, H, W)."
+    "RGB -> HSV with hue in [0, 1), by torchvision's formulas (also for values outside [0, 1]); (B, 3, H, W)."
     r, g, b = x.unbind(1); v, _ = x.max(1); d = v - x.min(1).values
     dd = torch.where(d > 0, d, torch.ones_like(d))
     rc, gc, bc = (v - r) / dd, (v - g) / dd, (v - b) / dd
     h = torch.where(v == r, bc - gc, torch.where(v == g, 2 + rc - bc, 4 + gc - rc))
     h = torch.where(d > 0, (h / 6) % 1, torch.zeros_like(h))
-    return torch.stack([h, d / torch.where(v > 0, v, torch.ones_like(v)), v], 1)
+    return torch.stack([h, d / torch.where(d > 0, v, torch.ones_like(v)), v], 1)  # saturation d / v even for v <= 0, as torchvision
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    "HSV (hue in [0, 1)) -> RGB in [0, 1]; (B, 3, H, W)."
+    "HSV (hue in [0, 1)) -> RGB by torchvision's formulas (p, q, t clamped to [0, 1]); (B, 3, H, W)."
     h, s, v = x.unbind(1); i = torch.floor(h * 6); f = h * 6 - i; i = (i.long() % 6).unsqueeze(0)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    p, q, t = ((v * c).clamp(0, 1) for c in (1 - s, 1 - s * f, 1 - s * (1 - f)))
     pick = lambda *c: torch.stack(c).gather(0, i).squeeze(0)  # sector i of the hexcone
     return torch.stack([pick(v, q, p, p, t, v), pick(t, v, v, q, p, p), pick(p, p, t, v, v, q)], 1)
 
+def _jitter_op(k: int, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    "torchvision's float colour op `k` (0 brightness, 1 contrast, 2 saturation, 3 hue) with per-image factors `f` (B, 4, 1, 1, 1)."
+    if k == 0: return (x * f[:, 0]).clamp(0, 1)
+    if k == 1: return (f[:, 1] * x + (1 - f[:, 1]) * _gray(x).mean((1, 2, 3), keepdim=True)).clamp(0, 1)
+    if k == 2: return (f[:, 2] * x + (1 - f[:, 2]) * _gray(x)).clamp(0, 1)
+    hsv = rgb_to_hsv(x); return hsv_to_rgb(torch.cat([(hsv[:, :1] + f[:, 3]) % 1, hsv[:, 1:]], 1))
+
 # %% ../nbs/02_encoder.ipynb #c026
 class Augment(nn.Module):
-    "Batched positive-view augmentation on images in [0, 1]: resized crop, flips, colour jitter; (B, 3, H, W) -> same."
-    def __init__(self, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.05, hflip=0.5, vflip=0.5,
-                 scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)):
+    "Batched positive view of images in [0, 1]: resized crop, flips, colour jitter, on pixels or (as released) on normalised values; (B, 3, H, W) -> same."
+    def __init__(self, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.05, hflip=0.5, vflip=0.5, scale=(0.9, 1.0), ratio=(0.9, 1.1),
+                 space: str = "pixel", mean=None, std=None):  # space: "pixel" (ours) or "normalized" (released; needs the tower's mean, std)
         super().__init__()
+        if space not in ("pixel", "normalized"): raise ValueError(f"space must be 'pixel' or 'normalized', got {space!r}")
+        if space == "normalized" and (mean is None or std is None): raise ValueError("space='normalized' needs the tower's mean and std (image_stats)")
         self.jit, self.hflip, self.vflip, self.scale, self.ratio = (brightness, contrast, saturation, hue), hflip, vflip, scale, ratio
+        self.space, self.norm = space, Normalize(mean, std) if space == "normalized" else None
 
     def crop_theta(self, B, H, W, device, g=None) -> torch.Tensor:
         "Per-image affine maps (B, 2, 3) of crop and flips, in `affine_grid`'s normalised coordinates."
@@ -265,52 +276,146 @@ class Augment(nn.Module):
         return torch.stack([torch.stack([sx, z, cx], 1), torch.stack([z, sy, cy], 1)], 1)
 
     def jitter(self, x, factors: torch.Tensor, order) -> torch.Tensor:
-        "Colour jitter with per-image `factors` (B, 4) = brightness, contrast, saturation, hue shift, applied in `order`."
-        f = factors.to(x)[:, :, None, None, None]  # (B, 4, 1, 1, 1)
-        for k in order:
-            if k == 0: x = (x * f[:, 0]).clamp(0, 1)
-            elif k == 1: x = (f[:, 1] * x + (1 - f[:, 1]) * _gray(x).mean((1, 2, 3), keepdim=True)).clamp(0, 1)
-            elif k == 2: x = (f[:, 2] * x + (1 - f[:, 2]) * _gray(x)).clamp(0, 1)
-            else: hsv = rgb_to_hsv(x); x = hsv_to_rgb(torch.cat([(hsv[:, :1] + f[:, 3]) % 1, hsv[:, 1:]], 1))
+        "Colour jitter with per-image `factors` (B, 4) = brightness, contrast, saturation, hue shift, in `order`: 4 op indices, or (B, 4) per image."
+        f, order = factors.to(x)[:, :, None, None, None], torch.as_tensor(order).expand(len(x), 4)  # (B, 4, 1, 1, 1), (B, 4)
+        for step in order.T.tolist():  # the op each image takes at this step
+            if len(set(step)) == 1: x = _jitter_op(step[0], x, f); continue
+            out = torch.empty_like(x)
+            for k in set(step): i = [b for b, s in enumerate(step) if s == k]; out[i] = _jitter_op(k, x[i], f[i])
+            x = out
         return x
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         B, _, H, W = x.shape; g, dev = generator, x.device
         grid = F.affine_grid(self.crop_theta(B, H, W, dev, g).to(x.dtype), list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        warp = lambda t: F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)
         s = torch.tensor(self.jit[:3], device=dev)
         fac = torch.cat([1 + s * (2 * torch.rand(B, 3, device=dev, generator=g) - 1),
                          self.jit[3] * (2 * torch.rand(B, 1, device=dev, generator=g) - 1)], 1)  # (B, 4)
-        return self.jitter(x, fac, torch.randperm(4, device=dev, generator=g).tolist())
+        if self.norm is None: return self.jitter(warp(x), fac, torch.randperm(4, device=dev, generator=g).tolist())
+        order = torch.rand(B, 4, device=dev, generator=g).argsort(1).tolist()  # ColorJitter's permutation, drawn per image
+        return warp(self.jitter(self.norm(x), fac, order)) * self.norm.std + self.norm.mean  # released: jitter, flips, crop
 
 # %% ../nbs/02_encoder.ipynb #c034
-def lora_targets(tower: nn.Module) -> list[str]:
-    "Names of the modules to adapt: every nn.MultiheadAttention, and every nn.Linear that is not inside one."
-    mha = [n for n, m in tower.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    inside = lambda n: any(n.startswith(a + ".") for a in mha)
-    return [n for n, m in tower.named_modules() if n in mha or (isinstance(m, nn.Linear) and not inside(n))]
+class LoraDelta(nn.Module):
+    "The LoRA update (alpha / r) B A dropout(x) of a (d_out, d_in) `weight`; separate A, B and dropout masks for `parts` equal output slices."
+    def __init__(self, weight: torch.Tensor, r: int, alpha: float, dropout: float = 0.0, parts: int = 1):
+        super().__init__()
+        (d_out, d_in), kw = weight.shape, dict(device=weight.device, dtype=weight.dtype)
+        if d_out % parts: raise ValueError(f"{d_out} outputs do not split into {parts} equal parts")
+        self.lora_A = nn.Parameter(torch.empty(parts, r, d_in, **kw))            # (P, r, d_in)
+        self.lora_B = nn.Parameter(torch.zeros(parts, d_out // parts, r, **kw))  # (P, d_out / P, r): the update starts at zero
+        for a in self.lora_A: nn.init.kaiming_uniform_(a, a=math.sqrt(5))         # each A as nn.Linear (and peft) initialise one
+        self.drop, self.scale = nn.Dropout(dropout), alpha / r
+
+    def part(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        "Slice `i`'s update, with its own dropout mask: (..., d_in) -> (..., d_out / P)."
+        return F.linear(F.linear(self.drop(x), self.lora_A[i]), self.lora_B[i]) * self.scale
+
+    def forward(self, x): return torch.cat([self.part(x, i) for i in range(len(self.lora_A))], -1)  # (..., d_out)
+    def delta_weight(self) -> torch.Tensor: return (self.lora_B @ self.lora_A).flatten(0, 1) * self.scale  # (d_out, d_in)
 
 # %% ../nbs/02_encoder.ipynb #c037
-def _is_lora(model) -> bool: return type(model.visual).__name__ == "LoraModel"
+class LoraLinear(nn.Module):
+    "An `nn.Linear` and its LoRA update."
+    def __init__(self, base: nn.Linear, delta: LoraDelta): super().__init__(); self.base, self.delta = base, delta
+    def forward(self, x): return self.base(x) + self.delta(x)
+    def merged(self) -> nn.Linear:
+        with torch.no_grad(): self.base.weight += self.delta.delta_weight()
+        return self.base
 
-def add_lora(model: nn.Module, r: int = 16, alpha: float = 16, dropout: float = 0.1, bias: str = "none") -> nn.Module:
-    "Put LoRA adapters (rank `r`, `alpha`, `dropout` (MLP adapters only, see below), peft `bias` mode) on the image tower, in place; freezes the rest."
-    from peft import LoraConfig
-    from peft.tuners.lora import LoraModel
+class LoraProjection(nn.Module):
+    "open_clip's visual projection, a (width, d) parameter used as `x @ proj`, and its LoRA update."
+    def __init__(self, proj: nn.Parameter, delta: LoraDelta): super().__init__(); self.weight, self.delta = proj, delta
+    def __rmatmul__(self, x): return x @ self.weight + self.delta(x)  # open_clip's `pooled @ self.proj` lands here
+    def merged(self) -> nn.Parameter:
+        return nn.Parameter((self.weight + self.delta.delta_weight().T).detach(), requires_grad=self.weight.requires_grad)
+
+# %% ../nbs/02_encoder.ipynb #e002
+class LoraAttention(nn.Module):
+    "`nn.MultiheadAttention` with LoRA updates on q, k, v (its fused in_proj) and out_proj, called as open_clip calls it."
+    def __init__(self, base: nn.MultiheadAttention, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        if base.bias_k is not None or base.add_zero_attn or not base._qkv_same_embed_dim:
+            raise ValueError("LoRA supports nn.MultiheadAttention without bias_k/bias_v, add_zero_attn or separate kdim/vdim")
+        self.base, self.qkv, self.out = base, LoraDelta(base.in_proj_weight, r, alpha, dropout, 3), LoraDelta(base.out_proj.weight, r, alpha, dropout)
+
+    def forward(self, query, key, value, need_weights: bool = False, attn_mask=None):
+        m = self.base
+        if not m.batch_first: query, key, value = (t.transpose(0, 1) for t in (query, key, value))  # (B, L, E)
+        w, b = m.in_proj_weight.chunk(3), m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None,) * 3
+        q, k, v = (F.linear(t, w[i], b[i]) + self.qkv.part(t, i) for i, t in enumerate((query, key, value)))
+        q, k, v = (t.unflatten(-1, (m.num_heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, heads, L, E / heads)
+        if attn_mask is not None and attn_mask.dtype == torch.bool: attn_mask = ~attn_mask  # MHA masks True out, SDPA keeps it
+        if attn_mask is not None and attn_mask.dim() == 3: attn_mask = attn_mask.unflatten(0, (-1, m.num_heads))  # (B * heads, L, S)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask, m.dropout if self.training else 0.0).transpose(1, 2).flatten(2)
+        o = m.out_proj(o) + self.out(o)  # (B, L, E)
+        return (o if m.batch_first else o.transpose(0, 1)), None
+
+    def merged(self) -> nn.MultiheadAttention:
+        with torch.no_grad(): self.base.in_proj_weight += self.qkv.delta_weight(); self.base.out_proj.weight += self.out.delta_weight()
+        return self.base
+
+# %% ../nbs/02_encoder.ipynb #e005
+_PARTS = {"qkv": 3, "kv": 2}  # timm's fused Linears: q, k, v of its attention; k, v of its attention pool
+
+def lora_targets(tower: nn.Module) -> list[str]:
+    "Names of what to adapt: every nn.MultiheadAttention, every nn.Linear not inside one, and open_clip's `proj` parameter."
+    if bad := [n for n, m in tower.named_modules() if isinstance(getattr(m, "in_proj_weight", None), nn.Parameter) and not isinstance(m, nn.MultiheadAttention)]:
+        raise ValueError(f"LoRA does not support open_clip's custom attention ({bad[0]}: {type(tower.get_submodule(bad[0])).__name__})")
+    mha = [n for n, m in tower.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    inside = lambda n: any(n.startswith(a + ".") for a in mha)
+    mods = [n for n, m in tower.named_modules() if n in mha or (isinstance(m, nn.Linear) and not inside(n))]
+    return mods + (["proj"] if isinstance(getattr(tower, "proj", None), nn.Parameter) else [])
+
+def _lora_module(m, leaf: str, r: int, alpha: float, dropout: float) -> nn.Module:
+    "The LoRA wrapper of module (or projection parameter) `m`, named `leaf` in its owner."
+    if isinstance(m, nn.MultiheadAttention): return LoraAttention(m, r, alpha, dropout)
+    if isinstance(m, nn.Linear): return LoraLinear(m, LoraDelta(m.weight, r, alpha, dropout, _PARTS.get(leaf, 1)))
+    return LoraProjection(m, LoraDelta(m.T, r, alpha, dropout))
+
+# %% ../nbs/02_encoder.ipynb #e008
+_LORA = (LoraLinear, LoraAttention, LoraProjection)
+def _is_lora(model) -> bool: return any(isinstance(m, _LORA) for m in model.visual.modules())
+
+def _swap(tower: nn.Module, name: str, new):
+    "Put `new` (a module or parameter) at `name` in `tower`, in place."
+    owner, leaf = tower.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]
+    if leaf in owner._parameters: delattr(owner, leaf)  # nn.Module refuses a module where a parameter is
+    setattr(owner, leaf, new)  # an existing module is replaced where it is: an nn.Sequential keeps its order
+
+def add_lora(model: nn.Module, r: int = 16, alpha: float = 16, dropout: float = 0.1, bias: str = "lora_only") -> nn.Module:
+    "LoRA as DCR's released code (rank `r`, `alpha`, `dropout` on every adapter; `bias` 'lora_only' or 'none') on the image tower, in place; freezes the rest."
     if _is_lora(model): raise ValueError("the image tower already has LoRA adapters")
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias=bias, target_modules=lora_targets(model.visual))
+    if bias not in ("lora_only", "none"): raise ValueError(f"bias must be 'lora_only' (the released setting) or 'none', got {bias!r}")
     for p in model.parameters(): p.requires_grad_(False)
-    model.visual = LoraModel(model.visual, cfg, "default")  # marks only adapters (and chosen biases) trainable
+    for name in lora_targets(v := model.visual):
+        new = _lora_module(v.get_parameter(name) if name == "proj" else v.get_submodule(name), name.rpartition(".")[2], r, alpha, dropout)
+        for n, p in new.named_parameters(): p.requires_grad_("lora_" in n or (bias == "lora_only" and n.endswith("bias")))
+        _swap(v, name, new)
     return model
 
 def merge_lora(model: nn.Module) -> nn.Module:
     "Fold the adapters into the image tower's weights, in place: a plain open_clip model again."
-    if _is_lora(model): model.visual = model.visual.merge_and_unload()
+    for name, m in [(n, m) for n, m in model.visual.named_modules() if isinstance(m, _LORA)]: _swap(model.visual, name, m.merged())
     return model
 
 def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     "The adapter matrices (lora_A, lora_B) by name."
     return {n: p for n, p in model.named_parameters() if "lora_" in n}
+
+# %% ../nbs/02_encoder.ipynb #e009
+def peft_lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    "The image tower's adapters under peft's names on transformers' `CLIPVisionModelWithProjection` (the released layout)."
+    v, out = model.visual, {}
+    if not hasattr(v, "transformer"): raise ValueError(f"only open_clip VisionTransformer towers map onto CLIP vision models, not {type(v).__name__}")
+    put = lambda name, d, j: out.update({f"base_model.model.{name}.lora_{ab}.default.weight": t[j] for ab, t in (("A", d.lora_A), ("B", d.lora_B))})
+    for i, blk in enumerate(v.transformer.resblocks):
+        at = f"vision_model.encoder.layers.{i}."
+        for j, c in enumerate("qkv"): put(f"{at}self_attn.{c}_proj", blk.attn.qkv, j)
+        put(at + "self_attn.out_proj", blk.attn.out, 0); put(at + "mlp.fc1", blk.mlp.c_fc.delta, 0); put(at + "mlp.fc2", blk.mlp.c_proj.delta, 0)
+    put("visual_projection", v.proj.delta, 0)
+    return {k: t.detach().cpu().contiguous() for k, t in out.items()}
 
 # %% ../nbs/02_encoder.ipynb #c045
 def save_encoder(model: nn.Module, path) -> Path:

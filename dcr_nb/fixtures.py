@@ -34,8 +34,8 @@ def write_shards(folder, n_shards: int = 4, per_shard: int = 6, seed: int = 0) -
     return str(folder / f"{{00000..{n_shards - 1:05d}}}.tar")
 
 # %% ../nbs/09a_fixtures.ipynb #x006
-def write_tiny_sd(folder) -> Path:
-    "A complete diffusers Stable Diffusion folder with tiny random models (32 px images, 16x16x4 latents, 32-wide text)."
+def write_tiny_sd(folder, prediction_type: str = "v_prediction") -> Path:
+    "A complete diffusers Stable Diffusion folder with tiny random models (32 px images, 16x16x4 latents, 32-wide text), predicting `prediction_type`."
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     d = Path(folder); torch.manual_seed(0)
@@ -51,7 +51,7 @@ def write_tiny_sd(folder) -> Path:
                          cross_attention_dim=32, attention_head_dim=(2, 2), norm_num_groups=8, use_linear_projection=True).save_pretrained(d / "unet")
     AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                   latent_channels=4, norm_num_groups=4, sample_size=32).save_pretrained(d / "vae")
-    DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction").save_pretrained(d / "scheduler")
+    DDPMScheduler(beta_schedule="scaled_linear", prediction_type=prediction_type).save_pretrained(d / "scheduler")
     parts = {"unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDPMScheduler"],
              "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
     atomic_write(d / "model_index.json", json.dumps({"_class_name": "StableDiffusionPipeline", **parts}, indent=1))

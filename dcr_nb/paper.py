@@ -5,10 +5,11 @@
 # %% ../nbs/09_paper.ipynb #c001
 from __future__ import annotations
 import dataclasses, hashlib, json, os, sys
+from typing import Literal
 from pathlib import Path
 import numpy as np
 import torch
-from .core import ConfigError, StageConfig, atomic_write, root_path, seed_everything
+from .core import ConfigError, StageConfig, atomic_write, root_path, seed_everything, read_params, lookup
 from .data import read_mmvp, MMVPFormatError, MMVP_IMAGES, MMVP_HEADER
 from .readers import TarShardDataset, ImageFolderDataset, expand_shards
 from .encoder import BACKBONES, MissingWeightsError, resolve_pretrained, _tag_files, create_encoder, get_tokenizer
@@ -21,11 +22,138 @@ from .compare import write_evaluation
 from .hf import export_hf, import_hf
 
 # %% auto #0
-__all__ = ['SD_FILES', 'SD_HOW', 'SHARDS_HOW', 'MMVP_HOW', 'PAPER_PARAMS', 'Missing', 'PaperInputsMissing', 'open_clip_name',
-           'open_clip_cfg', 'check_clip', 'check_sd', 'check_shards', 'check_mmvp', 'check_image_folder', 'PaperInputs',
-           'preflight', 'shard_share', 'ShardCounts', 'ShardStream', 'shard_batches', 'PaperStageConfig', 'file_id',
-           'clip_weights', 'build_paper_task', 'run_paper_stage', 'image_folder_set', 'PaperEvaluateConfig',
-           'run_paper_evaluate', 'read_inputs', 'main']
+__all__ = ['DEPARTURES', 'FIDELITIES', 'SD_FILES', 'SD_MIRROR', 'SD_HOW', 'SHARDS_HOW', 'MMVP_HOW', 'RELEASED_RECIPES',
+           'PAPER_PARAMS', 'DeviceMismatch', 'driver_note', 'check_devices', 'check_ranks', 'Departure',
+           'fidelity_settings', 'switch_values', 'Missing', 'PaperInputsMissing', 'open_clip_name', 'open_clip_cfg',
+           'check_clip', 'check_sd', 'check_shards', 'check_mmvp', 'check_image_folder', 'PaperInputs', 'preflight',
+           'shard_share', 'ShardCounts', 'ShardStream', 'shard_batches', 'PaperStageConfig', 'file_id', 'clip_weights',
+           'build_paper_task', 'run_paper_stage', 'departures_table', 'recipe_departures', 'image_folder_set',
+           'PaperEvaluateConfig', 'run_paper_evaluate', 'read_inputs', 'prediction_type_mismatch', 'main']
+
+# %% ../nbs/09_paper.ipynb #f750302f
+class DeviceMismatch(RuntimeError):
+    "The processes or devices a paper stage would run on are not the ones its launch asked for."
+
+def driver_note() -> str:
+    "What the pinned torch needs from the machine, and how to pick another build."
+    return (f"The pinned torch {torch.__version__} is built for CUDA {torch.version.cuda or '(none: a CPU-only build)'}; CUDA 13 needs an NVIDIA "
+            "driver of the R580 branch or newer (>= 580.65.06 on Linux; `nvidia-smi` prints yours). With an older driver, install the "
+            "torch build for its CUDA into .venv, e.g. `.venv/bin/pip install torch==2.14.1 torchvision==0.29.1 --index-url "
+            "https://download.pytorch.org/whl/cu126`, or update the driver. `python -c 'import torch; print(torch.cuda.device_count())'` "
+            "must print at least launch.num_processes.")
+
+def check_devices(num_processes: int, visible: int | None = None) -> int:
+    "Stop unless torch sees at least `num_processes` CUDA devices (`visible`: the count, else torch's); returns the count."
+    visible = torch.cuda.device_count() if visible is None else visible
+    if visible < num_processes:
+        raise DeviceMismatch(f"launch.num_processes is {num_processes}, but torch sees {visible} CUDA device(s) on this machine "
+                             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}). {driver_note()}")
+    return visible
+
+def check_ranks(state=None, env=None) -> None:
+    "At the start of a training stage: the process group (accelerate's `PartialState`) must span the WORLD_SIZE the launcher started."
+    env = os.environ if env is None else env
+    cpu = env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if state is None:  # accelerate's shared state, made as `Accelerator` will make it (so the trainer's Accelerator finds it the same)
+        from accelerate import PartialState
+        state = PartialState(cpu=cpu)
+    want = int(env.get("WORLD_SIZE", "1"))
+    if state.num_processes != want:
+        raise DeviceMismatch(f"the launcher started {want} processes, but this one is in a group of {state.num_processes} "
+                             f"({state.distributed_type}): every process would train alone as rank 0. {driver_note()}")
+    if want > 1 and not cpu: check_devices(int(env.get("LOCAL_WORLD_SIZE", want)))
+
+# %% ../nbs/09_paper.ipynb #f111ca8d
+@dataclasses.dataclass(frozen=True)
+class Departure:
+    "One behaviour of the released DCR code, compared with ours."
+    what: str            # the behaviour
+    released: str        # what the released code does (and where)
+    ours: str            # what `fidelity: fixed` does
+    why: str             # why ours differs (or why there is no switch)
+    switch: str = ""     # the PaperStageConfig field that selects it ("" = the same in both modes)
+    reference: str = ""  # the switch's value in reference mode
+    fixed: str = ""      # ... and in fixed mode
+    world: str = ""      # the CPU default world's choice, where it needs its own
+
+DEPARTURES = [
+    Departure("LoRA on the image tower",
+              "peft `all-linear` on the HF CLIPModel: separate rank-16 adapters on q, k, v, out, fc1, fc2 of every vision layer "
+              "and on `visual_projection`; bias `lora_only`; dropout 0.1 on every adapter (`train_*_stage2.py`, `lora_config`)",
+              "the same adapters on open_clip's towers (q, k and v as separate adapters on the fused `in_proj`), `add_lora`",
+              "adopted in both modes: it was one adapter on the fused `in_proj`, none on the projection, frozen biases and "
+              "MLP-only dropout (6.29 M trainable parameters for ViT-L-14 against the released 7.33 M)",
+              world="the same (from the next world rerun; the committed world results predate it)"),
+    Departure("denoiser target y",
+              "always the velocity: `DDPMScheduler(1000, 0.00085, 0.012, scaled_linear, epsilon).get_velocity(x0, eps, t)`, "
+              "whatever the checkpoint predicts (SD 2.1-base, which the released README recommends, predicts epsilon)",
+              "`auto`: what the checkpoint's scheduler predicts (epsilon for SD 2.1-base, velocity for SD 2.1 at 768 px)",
+              "y is the positive that anchors the prediction to the ground truth; a target the UNet was never trained to "
+              "predict makes that positive far from every prediction",
+              "target", "velocity", "auto", world="auto (the world's denoiser predicts velocity)"),
+    Departure("empty-prompt states",
+              "the empty prompt tokenised to 77 with padding, encoded **with** its attention mask (`CLIP_bank.py`), every step",
+              "encoded without the mask, as Stable Diffusion's pipeline encodes prompts and as SD 2.1 was trained; once",
+              "the UNet learned to read unmasked states; with the mask, the padding tokens' states change",
+              "empty_prompt", "masked", "unmasked", world="masked (MiniLM reads its padding mask; the world trains its own denoiser)"),
+    Departure("positive view: colour jitter",
+              "torchvision `ColorJitter(0.1, 0.1, 0.1, 0.05)` per image on **CLIP-normalised** tensors, then flips and crop, so the "
+              "jitter clamps normalised values to [0, 1]: every value below its channel's mean becomes 0 (`CLIP_bank.py`)",
+              "the same jitter in [0, 1] pixel space, batched",
+              "the clamp is a bug: it erases everything darker than the dataset mean in the positive view",
+              "view_space", "normalized", "pixel", world="pixel"),
+    Departure("positive view: crop and flips",
+              "`RandomResizedCrop(scale 0.9-1.0, ratio 0.9-1.1)`, h-flip 0.5, v-flip 0.5",
+              "the same (the crop ratio was 3/4-4/3: 13.7% of views uncropped against 0.07%)",
+              "adopted in both modes",
+              world="no flips (`hflip`, `vflip` 0): the world's benchmark asks about orientation and position, which a flip changes"),
+    Departure("UNet and VAE precision",
+              "weights loaded and held in bf16 (`build_sd_model(dtype=bfloat16)`, `unet.to(bfloat16)`), accelerate bf16 autocast",
+              "fp32 weights under bf16 autocast",
+              "bf16 weights round the frozen denoiser once; autocast keeps norms and reductions in fp32",
+              "sd_dtype", "bfloat16", "float32", world="float32 (CPU)"),
+    Departure("latent draw",
+              "`vae.encode(2x - 1).latent_dist.sample() * scaling_factor`",
+              "the same (`VAECodec.encode`)", "matches"),
+    Departure("anchor image",
+              "the data loader's transform; its module is not public. GenHancer's CC3M loader, which it derives from (read in the "
+              "public fork zhi-xuan-chen/GenHancer, `Continuous/image_datasets/dataset_cc3m.py`): "
+              "`RandomResizedCrop(S, scale 0.9-1.0, ratio 3/4-4/3, bicubic)` of the raw image",
+              "resize the shorter side to S and centre-crop (no aspect distortion, deterministic)",
+              "the anchor is what the encoder is evaluated on; a distorting random crop is a second, unpaired augmentation",
+              "anchor", "random_crop", "center", world="the world's scenes are rendered at 32 px: no crop"),
+    Departure("images per rank",
+              "every rank iterates the unprepared loader (the prepared copy is discarded) with one shuffle seed, so all ranks "
+              "read the same images; noise, timesteps and views differ (unseeded). 32 distinct images per update, not 256",
+              "disjoint shards per rank: 256 distinct images per update, as the paper states",
+              "the paper states a global batch of 256",
+              "rank_data", "shared", "disjoint", world="one process"),
+    Departure("optimiser and schedule",
+              "AdamW betas (0.9, 0.999), eps 1e-8, weight decay 0.01; grad clip 1.0; `lr_scheduler: constant` with "
+              "`lr_warmup_steps: 10`, which diffusers' `constant` schedule ignores: no warm-up in effect",
+              "AdamW (0.9, 0.999), eps 1e-8, wd 0.01, clip 1.0, constant, `warmup_steps: 0`", "matches"),
+    Departure("timesteps and noise", "t uniform on 0..999, eps ~ N(0, I), `add_noise`", "the same", "matches"),
+    Departure("loss arithmetic",
+              "-log(exp(x) / D) with D a sum of exponentials, B x B + B UNet calls per micro-step",
+              "log-sum-exp (identical math; no overflow)", "always on: the same numbers where the released form does not overflow"),
+    Departure("stage 2's projector",
+              "`load_step` of stage 1: 100,000 (its last step) for OpenAI and SigLIP; 10 for MetaCLIP, a step stage 1 never saves",
+              "stage 1's final projector", "the MetaCLIP configs cannot run as released (no checkpoint at step 10)"),
+    Departure("checkpoints",
+              "stage 2 saves merged encoders at steps 100, 200, 300, 500, 1000, 2000, 3000 and every `checkpointing_steps`",
+              "a resumable checkpoint every `ckpt_every` steps and the final encoder", "no effect on the result"),
+]
+
+FIDELITIES = ("reference", "fixed")
+
+def fidelity_settings(fidelity: str) -> dict[str, str]:
+    "The value of every switch of `DEPARTURES` under `fidelity` (reference | fixed)."
+    if fidelity not in FIDELITIES: raise ConfigError(f"fidelity must be one of {', '.join(FIDELITIES)}, got {fidelity!r}")
+    return {d.switch: getattr(d, fidelity) for d in DEPARTURES if d.switch}
+
+def switch_values(switch: str) -> tuple[str, str]:
+    "The (reference, fixed) values of a switch."
+    d = next(d for d in DEPARTURES if d.switch == switch); return d.reference, d.fixed
 
 # %% ../nbs/09_paper.ipynb #c006
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +213,9 @@ SD_FILES = {  # relative path (or alternatives) -> what it is
     ("tokenizer/merges.txt", "tokenizer/tokenizer.json"): "tokenizer merges",
     ("tokenizer/tokenizer_config.json",): "tokenizer config", ("scheduler/scheduler_config.json",): "noise schedule",
 }
-SD_HOW = ("download the diffusers folder of stabilityai/stable-diffusion-2-1 on a machine with network "
-          "(`hf download stabilityai/stable-diffusion-2-1 --local-dir <folder>`), copy it here and set inputs.sd to <folder>")
+SD_MIRROR = "Manojb/stable-diffusion-2-1-base"  # the SD 2.1-base mirror the released README links (stabilityai's left the hub in 2025)
+SD_HOW = ("download the diffusers folder of SD 2.1-base, the released README's choice, on a machine with network "
+          "(`hf download Manojb/stable-diffusion-2-1-base --local-dir <folder>`), copy it here and set inputs.sd to <folder>")
 
 def check_sd(folder: str) -> list[Missing]:
     "Is `folder` a complete local diffusers Stable Diffusion folder? The folder itself if absent, else each missing file."
@@ -134,7 +263,7 @@ class PaperInputs(StageConfig):
     model: str = "openai-l14"                          # BACKBONES key or open_clip name
     pretrained: str = "openai"                         # open_clip tag (weights from the local caches) or a checkpoint file
     cache_dir: str = ""                                # Hugging Face hub cache for tags ("" = the default)
-    sd: str = "paper/inputs/stable-diffusion-2-1"            # local diffusers Stable Diffusion folder
+    sd: str = "paper/inputs/stable-diffusion-2-1-base"            # local diffusers Stable Diffusion folder
     shards: str = "paper/inputs/cc3m/{00000..00331}.tar"       # CC3M webdataset shards
     mmvp: str = "paper/inputs/MMVP_VLM"                        # the MMVP-VLM folder
     d_ability: str = ""                                # optional image folder of class subfolders ("" = none)
@@ -181,8 +310,9 @@ class ShardCounts:
 # %% ../nbs/09_paper.ipynb #c029
 class ShardStream:
     "Process `rank`'s endless stream of (image (3, S, S) in [0, 1], caption) over its shard shares, with cheap fast-forward."
-    def __init__(self, shards, seed: int, rank: int, world: int, size: int, counts: ShardCounts, log=print):
+    def __init__(self, shards, seed: int, rank: int, world: int, size: int, counts: ShardCounts, log=print, random_crop: bool = False):
         self.shards, self.seed, self.rank, self.world, self.size, self.counts, self.log = shards, seed, rank, world, size, counts, log
+        self.random_crop = random_crop
         self.pos, self.it = None, None
 
     def _report(self, msg: str):
@@ -196,7 +326,8 @@ class ShardStream:
             for shard in (share := shard_share(self.shards, self.seed, epoch, self.rank, self.world)):
                 if (n := self.counts.get(shard)) is not None and skip >= n: skip -= n; n_epoch += n; continue
                 count = 0
-                for x, caption in TarShardDataset([shard], self.size, log=self._report):
+                ds = TarShardDataset([shard], self.size, seed=self.seed, log=self._report, random_crop=self.random_crop); ds.set_epoch(epoch)
+                for x, caption in ds:
                     count += 1
                     if skip: skip -= 1
                     else: yield x, caption
@@ -211,13 +342,16 @@ class ShardStream:
         return out
 
 # %% ../nbs/09_paper.ipynb #c030
-def shard_batches(shards: str, batch_size: int, seed: int, size: int = 224, counts_dir=None, log=print):
-    "A resumable `get_batch(k, rank, world)` over webdataset shards: {'images' (B, 3, S, S) in [0, 1], 'captions', 'k'}."
+def shard_batches(shards: str, batch_size: int, seed: int, size: int = 224, counts_dir=None, log=print,
+                  shared: bool = False, random_crop: bool = False):
+    """A resumable `get_batch(k, rank, world)` over webdataset shards: {'images' (B, 3, S, S) in [0, 1], 'captions', 'k'}.
+    `shared`: every process reads the same stream (the released code's behaviour); `random_crop`: the anchor as GenHancer's loader crops it."""
     paths = expand_shards(_rooted(shards)); counts = ShardCounts(counts_dir); streams = {}
     if missing := check_shards(shards): raise PaperInputsMissing(missing)
     def get_batch(k: int, rank: int = 0, world: int = 1) -> dict:
+        if shared: rank, world = 0, 1  # one stream for all: the ranks differ only in their noise, timesteps and views
         if world > len(paths): raise ValueError(f"{world} processes but only {len(paths)} shards: every process needs at least one")
-        s = streams.setdefault((rank, world), ShardStream(paths, seed, rank, world, size, counts, log))
+        s = streams.setdefault((rank, world), ShardStream(paths, seed, rank, world, size, counts, log, random_crop))
         items = s.take(k * batch_size, batch_size)
         return {"images": torch.stack([x for x, _ in items]), "captions": [c for _, c in items], "k": k}
     return get_batch
@@ -228,11 +362,30 @@ class PaperStageConfig(DCRStageConfig):
     "`stage1@`/`stage2@<objective>` of the paper profile: `DCRStageConfig` with the paper's inputs."
     model: str = "openai-l14"                         # BACKBONES key or open_clip name
     clip: str = "openai"                              # open_clip pretrained tag (local caches) or checkpoint file
-    denoiser: str = "paper/inputs/stable-diffusion-2-1"     # local diffusers Stable Diffusion folder
+    denoiser: str = "paper/inputs/stable-diffusion-2-1-base"     # local diffusers Stable Diffusion folder
     data: str = "paper/inputs/cc3m/{00000..00331}.tar"        # webdataset shards
     out: str = "paper/outputs/stage1/dcr"
     train_dir: str = "paper/outputs/train/stage1/dcr"
     cache_dir: str = ""                               # Hugging Face hub cache for tags ("" = the default)
+    fidelity: str = "reference"                       # reference: the released code's behaviour; fixed: our corrections (DEPARTURES)
+    target: Literal["", "auto", "epsilon", "velocity", "sample"] = ""  # the switches of DEPARTURES: "" takes the fidelity's value
+    empty_prompt: str = ""                            # masked | unmasked
+    view_space: str = ""                              # normalized | pixel (where the positive view's colour jitter acts)
+    sd_dtype: str = ""                                # bfloat16 | float32 (the UNet's and VAE's weights)
+    anchor: str = ""                                  # random_crop | center
+    rank_data: str = ""                               # shared | disjoint
+
+    def __post_init__(self):
+        filled = {}
+        for k, v in fidelity_settings(self.fidelity).items():  # raises on an unknown fidelity
+            if getattr(self, k) == "": object.__setattr__(self, k, v); filled[k] = f"fidelity: {self.fidelity}"
+            elif k != "target" and getattr(self, k) not in switch_values(k):
+                raise ConfigError(f"PaperStageConfig.{k} must be one of {', '.join(switch_values(k))} (or \"\": as fidelity {self.fidelity!r} says), got {getattr(self, k)!r}")
+        object.__setattr__(self, "_sources", filled)  # the printed config says which values the fidelity chose
+        super().__post_init__()
+
+    @property
+    def sd_torch_dtype(self) -> torch.dtype: return getattr(torch, self.sd_dtype)
 
 def file_id(path) -> str:
     "Size and SHA-256 of the first and last MiB of a file: a cheap fingerprint of large weights."
@@ -252,18 +405,63 @@ def build_paper_task(cfg: PaperStageConfig) -> DCRTask:
     preflight(model=cfg.model, pretrained=cfg.clip, cache_dir=cfg.cache_dir, sd=cfg.denoiser)
     if cfg.stage == 2: require(cfg.projector, "stage1@" + cfg.objective)  # before loading gigabytes
     clip = create_encoder(cfg.model, pretrained=str(clip_weights(cfg.model, cfg.clip, cfg.cache_dir))).requires_grad_(False).eval()
-    return dcr_task(cfg, clip, load_sd(root_path(cfg.denoiser)))
+    d = load_sd(root_path(cfg.denoiser), dtype=cfg.sd_torch_dtype, empty_mask=cfg.empty_prompt == "masked")
+    return dcr_task(cfg, clip, d)
 
 def run_paper_stage(cfg: PaperStageConfig) -> Path | None:
     """Run stage 1 or 2 of the paper profile (on every process of an `accelerate launch`); the main process gets the written path.
     Stage 2 also writes the encoder as a Hugging Face CLIP vision folder, `<out>/hf/` (what LLaVA-1.5 loads; `dcr_nb.hf`)."""
+    check_ranks()  # before anything is loaded: every process must be one rank of the group the launcher started
     preflight(shards=cfg.data)
     task = build_paper_task(cfg)
-    get_batch = shard_batches(cfg.data, cfg.batch_size, cfg.seed, model_image_size(task.clip)[0], root_path(cfg.train_dir, "shard_counts"))
+    get_batch = shard_batches(cfg.data, cfg.batch_size, cfg.seed, model_image_size(task.clip)[0], root_path(cfg.train_dir, "shard_counts"),
+                              shared=cfg.rank_data == "shared", random_crop=cfg.anchor == "random_crop")
     fp = [file_id(clip_weights(cfg.model, cfg.clip, cfg.cache_dir)), file_id(next(root_path(cfg.denoiser, "unet").glob("diffusion_pytorch_model.*")))]
     path = train_dcr(cfg, task, get_batch, fp + ([file_id(root_path(cfg.projector))] if cfg.stage == 2 else []))
     if path is not None and cfg.stage == 2: export_hf(task.clip, path.parent / "hf")  # LoRA merged into a copy
     return path
+
+# %% ../nbs/09_paper.ipynb #616608eb
+def departures_table(measured: dict | None = None) -> str:
+    "The registry `DEPARTURES` as a markdown table, with a `measured` column (behaviour -> text) where given."
+    m, esc = measured or {}, lambda s: s.replace("|", "\\|")
+    rows = ["| behaviour | released code | ours (`fidelity: fixed`) | why | switch: reference / fixed | default world | measured on CPU |",
+            "|---|---|---|---|---|---|---|"]
+    for d in DEPARTURES:
+        sw = f"`{d.switch}`: {d.reference} / {d.fixed}" if d.switch else "none"
+        rows.append("| " + " | ".join(esc(x) for x in (d.what, d.released, d.ours, d.why, sw, d.world or "as the fixed mode", m.get(d.what, ""))) + " |")
+    return "\n".join(rows)
+
+# %% ../nbs/09_paper.ipynb #ddd43c79
+_COMMON = dict(batch_size=16, grad_accum=2, weight_decay=0.01, grad_clip=1.0, mixed_precision="bf16", schedule="constant",
+               stage1_steps=100_000, stage1_lr=1e-4, stage2_lr=1e-5, lora_r=16, lora_alpha=16, lora_dropout=0.1, lora_bias="lora_only", projector_width=1024)
+RELEASED_RECIPES = {  # BACKBONES key -> the released recipe; `files`: the two train_configs it is read from
+    "openai-l14":        dict(_COMMON, image_size=224, projector_in=768, stage2_steps=4600, stage2_load_step=100_000, stage2_ckpt=500,
+                              files="train_OpenAICLIP_224_stage1.yaml, train_OpenAICLIP_224_stage2.yaml"),
+    "openai-l14-336":    dict(_COMMON, image_size=336, projector_in=768, stage2_steps=4600, stage2_load_step=100_000, stage2_ckpt=500,
+                              files="train_OpenAICLIP_336_stage1.yaml, train_OpenAICLIP_336_stage2.yaml"),
+    "metaclip-l14":      dict(_COMMON, image_size=224, projector_in=768, stage2_steps=100_000, stage2_load_step=10, stage2_ckpt=500,
+                              files="train_MetaCLIP_L_stage1.yaml, train_MetaCLIP_L_stage2.yaml"),
+    "metaclip-h14":      dict(_COMMON, image_size=224, projector_in=1024, stage2_steps=100_000, stage2_load_step=10, stage2_ckpt=500,
+                              files="train_MetaCLIP_H_stage1.yaml, train_MetaCLIP_H_stage2.yaml"),
+    "siglip-so400m":     dict(_COMMON, image_size=224, projector_in=1152, stage2_steps=4600, stage2_load_step=100_000, stage2_ckpt=20_000,
+                              files="train_SigLIP_224_stage1.yaml, train_SigLIP_224_stage2.yaml"),
+    "siglip-so400m-384": dict(_COMMON, image_size=384, projector_in=1152, stage2_steps=4600, stage2_load_step=100_000, stage2_ckpt=20_000,
+                              files="train_SigLIP_384_stage1.yaml, train_SigLIP_384_stage2.yaml"),
+}
+
+_PARAM_KEYS = {"batch_size": "dcr.batch_size", "grad_accum": "dcr.grad_accum", "weight_decay": "dcr.weight_decay", "grad_clip": "dcr.grad_clip",
+               "mixed_precision": "dcr.mixed_precision", "schedule": "dcr.schedule", "stage1_steps": "stage1.steps", "stage1_lr": "stage1.lr",
+               "stage2_steps": "stage2.steps", "stage2_lr": "stage2.lr", "lora_r": "stage2.lora_r", "lora_alpha": "stage2.lora_alpha",
+               "lora_dropout": "stage2.lora_dropout"}  # recipe key -> where a paper params file holds it
+
+def recipe_departures(params: dict) -> list[str]:
+    "Where the paper params `params` depart from the released recipe of their backbone (`inputs.model`); [] for other backbones."
+    if (r := RELEASED_RECIPES.get(params.get("inputs", {}).get("model"))) is None: return []
+    held = {k: lookup(params, k, "paper params") for k in _PARAM_KEYS.values() if k.split(".")[1] in params.get(k.split(".")[0], {})}
+    out = [f"{k} = {held[k]!r} (released: {r[rk]!r})" for rk, k in _PARAM_KEYS.items() if k in held and held[k] != r[rk]]
+    warm = [f"{s}.warmup_steps = {w} (released: none in effect)" for s in ("stage1", "stage2") if (w := params.get(s, {}).get("warmup_steps", 0))]
+    return out + warm
 
 # %% ../nbs/09_paper.ipynb #c045
 def image_folder_set(root, size: int, per_class: int = 0, template: str = "a photo of a {}.") -> dict:
@@ -329,6 +527,17 @@ def read_inputs(params: str = PAPER_PARAMS) -> PaperInputs:
     if bad: raise ConfigError(f"{p}: " + "; ".join(bad) + " (paper/dvc.yaml tracks it as a dependency, as ../<path> from paper/)")
     return cfg
 
+def prediction_type_mismatch(params: dict) -> str:
+    "Why the Stable Diffusion checkpoint of paper params `params` does not suit their fidelity (\"\" when it does)."
+    dcr = params.get("dcr", {})
+    if dcr.get("fidelity") != "reference" or dcr.get("target", "") not in ("", "velocity"): return ""
+    cfg = root_path(params["inputs"]["sd"], "scheduler", "scheduler_config.json")
+    pt = json.loads(cfg.read_text()).get("prediction_type", "epsilon")
+    if pt == "epsilon": return ""
+    return (f"{params['inputs']['sd']} predicts {pt}, but fidelity: reference reproduces the released run, which trained against an "
+            "epsilon-prediction checkpoint (SD 2.1-base, the released README's) with velocity targets. Use SD 2.1-base "
+            f"(`hf download {SD_MIRROR} --local-dir <folder>`), or set dcr.fidelity: fixed (the target then follows the checkpoint).")
+
 def main(argv: list[str] | None = None) -> int:
     "`preflight [params.yaml]`; returns the exit status."
     argv = sys.argv[1:] if argv is None else argv
@@ -336,6 +545,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m dcr_nb.paper preflight [paper/params.yaml]", file=sys.stderr); return 2
     try: summary = preflight(**read_inputs(*argv[1:]).to_dict())
     except (PaperInputsMissing, ConfigError) as e: print(e, file=sys.stderr); return 1
+    params = read_params(argv[1] if argv[1:] else PAPER_PARAMS)
+    if msg := prediction_type_mismatch(params): print(msg, file=sys.stderr); return 1
+    if n := params.get("launch", {}).get("num_processes"):  # a params file without `launch:` (a check of inputs only) skips this
+        try: summary["cuda_devices"] = check_devices(int(n))
+        except DeviceMismatch as e: print(e, file=sys.stderr); return 1
+    if off := recipe_departures(params):
+        print("note: these settings depart from the released recipe of the backbone (RELEASED_RECIPES): " + "; ".join(off))
     print("paper inputs ok: " + "; ".join(f"{k} {v}" for k, v in summary.items())); return 0
 
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())  # not when a notebook kernel runs this cell

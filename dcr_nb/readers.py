@@ -14,16 +14,31 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .data import to_tensor
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'load_image', 'SkipLog', 'expand_shards', 'TarShardDataset', 'ImageFolderDataset']
+__all__ = ['IMAGE_EXTS', 'random_resized_box', 'load_image', 'SkipLog', 'expand_shards', 'TarShardDataset', 'ImageFolderDataset']
 
 # %% ../nbs/01b_readers.ipynb #c059
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # extensions read as images
 
-def load_image(src, size: int) -> torch.Tensor:
-    "Decode an image (bytes or path), resize the shorter side to `size`, centre-crop: float (3, size, size) in [0, 1]."
+def random_resized_box(w: int, h: int, rng: np.random.Generator, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    "A random crop box (left, top, width, height) of a w x h image, drawn as torchvision's RandomResizedCrop draws it (10 tries, then a centred fallback)."
+    area, lr = w * h, (np.log(ratio[0]), np.log(ratio[1]))
+    for _ in range(10):
+        a, r = area * rng.uniform(*scale), np.exp(rng.uniform(*lr))
+        cw, ch = int(round(np.sqrt(a * r))), int(round(np.sqrt(a / r)))
+        if 0 < cw <= w and 0 < ch <= h: return int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch
+    r = w / h  # fallback: the whole image, its aspect clamped to `ratio`, centred
+    cw, ch = (w, int(round(w / ratio[0]))) if r < ratio[0] else (int(round(h * ratio[1])), h) if r > ratio[1] else (w, h)
+    return (w - cw) // 2, (h - ch) // 2, cw, ch
+
+def load_image(src, size: int, crop_rng: np.random.Generator | None = None) -> torch.Tensor:
+    """Decode an image (bytes or path) to float (3, size, size) in [0, 1]: the shorter side resized to `size` and centre-cropped,
+    or, given `crop_rng`, a `random_resized_box` (scale 0.9-1.0, ratio 3/4-4/3) resized to size x size (bicubic), as GenHancer's CC3M loader."""
     with Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src) as im:
-        im.draft("RGB", (size, size))  # a large JPEG is decoded at a reduced scale, still >= size
+        if crop_rng is None: im.draft("RGB", (size, size))  # a large JPEG is decoded at a reduced scale, still >= size
         im = im.convert("RGB")
+    if crop_rng is not None:
+        l, t, w, h = random_resized_box(im.width, im.height, crop_rng)
+        return to_tensor(np.asarray(im.resize((size, size), Image.BICUBIC, box=(l, t, l + w, t + h))))
     s = size / min(im.size)
     im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.BICUBIC)
     l, t = (im.width - size) // 2, (im.height - size) // 2
@@ -86,8 +101,9 @@ def _tar_groups(path: str, stats: SkipLog):
 class TarShardDataset(_Reader):
     "Images and captions from img2dataset webdataset shards, read with the standard library's `tarfile`."
     name = "TarShardDataset"
-    def __init__(self, shards, size: int = 224, shuffle: bool = False, seed: int = 0, log=print):
+    def __init__(self, shards, size: int = 224, shuffle: bool = False, seed: int = 0, log=print, random_crop: bool = False):
         self.shards, self.size, self.shuffle, self.seed, self.log, self.epoch = expand_shards(shards), size, shuffle, seed, log, 0
+        self.random_crop = random_crop  # a random resized crop per sample, seeded by (seed, epoch, shard, key): reproducible on resume
         if not self.shards: raise FileNotFoundError(f"no shards match {shards!r}")
         if missing := [s for s in self.shards if not Path(s).is_file()]: raise FileNotFoundError(f"missing shard(s): {', '.join(missing[:5])}")
     def _samples(self, stats):
@@ -95,7 +111,8 @@ class TarShardDataset(_Reader):
             for key, files in _tar_groups(shard, stats):
                 if (ext := next((e for e in IMAGE_EXTS if e in files), None)) is None:
                     stats.skip("sample(s) without an image", f"{shard}:{key} ({', '.join(files)})"); continue
-                try: x = load_image(files[ext], self.size)
+                rng = np.random.default_rng([self.seed, self.epoch, *f"{Path(shard).name}/{key}".encode()]) if self.random_crop else None
+                try: x = load_image(files[ext], self.size, rng)
                 except Exception as e: stats.skip("undecodable image(s)", f"{shard}:{key}.{ext} ({type(e).__name__})"); continue
                 yield x, files.get("txt", b"").decode("utf-8", "replace").strip()
 

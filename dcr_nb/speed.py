@@ -102,6 +102,7 @@ class FastDenoise(nn.Module):
     def _suffix(self, pre, idx, cond, size): return unet_suffix(self.unet, pre.take(idx), cond, size)
 
     def forward(self, x_t, t, cond):
+        x_t, cond = x_t.to(self.unet.dtype), cond.to(self.unet.dtype)  # a UNet held in bf16 (the released code's) gets bf16 inputs
         x = x_t.contiguous(memory_format=torch.channels_last) if self.channels_last else x_t
         args = (x, t, cond)
         if self.prefix:

@@ -88,7 +88,7 @@ def test_main_in_process(tmp_path, capsys):
     assert main(["preflight", str(tmp_path / "nowhere.yaml")]) == 1 and "no params file" in capsys.readouterr().err
     cfg = read_inputs()  # the committed paper/params.yaml, the default
     assert (cfg.model, cfg.pretrained) == ("openai-l14", "openai")
-    assert main(["preflight"]) == 1 and str(ROOT / "paper/inputs/stable-diffusion-2-1") in capsys.readouterr().err
+    assert main(["preflight"]) == 1 and str(ROOT / "paper/inputs/stable-diffusion-2-1-base") in capsys.readouterr().err
     assert main(["bogus"]) == 2
 
 
@@ -143,7 +143,7 @@ def test_accelerate_launch_two_processes(fake, tmp_path):
     import yaml  # the paper's parameters file, on the fake inputs: what `paper/dvc.yaml`'s stage1 reads
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump({"inputs": {"model": "tiny", "pretrained": str(fake.pretrained), "cache_dir": "", "sd": str(fake.sd), "shards": str(fake.shards)},
-                                     "dcr": {"schedule": "constant", "batch_size": 2, "grad_accum": 2},
+                                     "dcr": {"schedule": "constant", "batch_size": 2, "grad_accum": 2, "rank_data": "disjoint"},  # shards split by rank (fixed mode's)
                                      "stage1": {"steps": 2, "ckpt_every": 1, "warmup_steps": 4, "lr": 0.001},
                                      "objectives": {"dcr": {"objective": "dcr", "tau": 0.1, "lam": 0.0, "num_negatives": 0}}}))
     reads = next(re.search(r'-p reads "([^"]*)"', st["do"]["cmd"])[1] for n, st in yaml.safe_load((ROOT / "paper/dvc.yaml").read_text())["stages"].items() if n == "stage1")
