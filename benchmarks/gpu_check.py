@@ -130,10 +130,12 @@ def stage_config(prof: Profile, key: str, stage: int, s: Setting, projector: str
 def build_task(cfg, s: Setting, clip, d, dev: str):
     "The real task through `dcr_task` (LoRA adapters of an earlier setting removed first); torch.compile swapped in when `s.compile`."
     import torch
-    from peft.tuners.lora import LoraModel
     from dcr_nb.dcr_stages import dcr_task
     from dcr_nb.speed import fast_denoise
-    if isinstance(clip.visual, LoraModel): clip.visual = clip.visual.unload()  # dcr_task adds fresh adapters
+    from dcr_nb.encoder import LoraLinear, LoraAttention, LoraProjection, _swap
+    for name, m in list(clip.visual.named_modules()):  # take an earlier setting's adapters off, unmerged: dcr_task adds fresh ones
+        if isinstance(m, (LoraLinear, LoraAttention)): _swap(clip.visual, name, m.base)
+        elif isinstance(m, LoraProjection): _swap(clip.visual, name, m.weight)
     if not s.fast: d.unet.to(memory_format=torch.contiguous_format)  # undo an earlier fast setting's in-place channels-last
     task = dcr_task(cfg, clip, d)
     if s.compile:  # dcr_task has no compile option; FastDenoise has. Without channels-last: see COMPILE_LAYOUT
