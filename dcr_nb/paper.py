@@ -63,7 +63,7 @@ def check_ranks(state=None, env=None) -> None:
                              f"({state.distributed_type}): every process would train alone as rank 0. {driver_note()}")
     if want > 1 and not cpu: check_devices(int(env.get("LOCAL_WORLD_SIZE", want)))
 
-# %% ../nbs/09_paper.ipynb #f111ca8d
+# %% ../nbs/09_paper.ipynb #fd179e05
 @dataclasses.dataclass(frozen=True)
 class Departure:
     "One behaviour of the released DCR code, compared with ours."
@@ -76,6 +76,7 @@ class Departure:
     fixed: str = ""      # ... and in fixed mode
     world: str = ""      # the CPU default world's choice, where it needs its own
 
+# %% ../nbs/09_paper.ipynb #0ce164fa
 DEPARTURES = [
     Departure("LoRA on the image tower",
               "peft `all-linear` on the HF CLIPModel: separate rank-16 adapters on q, k, v, out, fc1, fc2 of every vision layer "
@@ -144,6 +145,7 @@ DEPARTURES = [
               "a resumable checkpoint every `ckpt_every` steps and the final encoder", "no effect on the result"),
 ]
 
+# %% ../nbs/09_paper.ipynb #8c344631
 FIDELITIES = ("reference", "fixed")
 
 def fidelity_settings(fidelity: str) -> dict[str, str]:
