@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dcr-nb-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DCR_NB_ROOT := $(abspath .)
 
-.PHONY: setup data chromium notebooks readme repro results test lab clean-outputs paper world studies gpu-check ablations
+.PHONY: setup data chromium notebooks readme repro results test lab clean-outputs paper paper-inputs world studies gpu-check ablations
 .DEFAULT_GOAL := repro
 
 # The virtual environment with every pinned dependency and the package itself (editable).
@@ -73,6 +73,15 @@ world: setup
 studies: setup
 	@test -f world/outputs/prepare/scenes.npz || dvc --cd world repro prepare
 	dvc --cd studies repro
+
+# The paper profile's inputs, fetched by name on a machine with network (nbs/09b_paper_fetch.ipynb): the open_clip weights,
+# Stable Diffusion 2.1-base, MMVP-VLM, the CIFAR-10 test set and CC3M, into the paths paper/params.yaml gives under `inputs:`;
+# resumable (a rerun keeps what is complete and verified, and continues partial downloads), then the preflight of `make paper`.
+# CC3M needs Google's training TSV (its download needs a Google sign-in): CC3M_TSV=/path/to/Train_GCC-training.tsv, and
+# CC3M_LIMIT=10000 for a first shard; img2dataset runs from an environment of its own (the fetcher says how to make it).
+# ONLY=sd,mmvp fetches some inputs only (clip, sd, mmvp, cifar10, cc3m).
+paper-inputs: $(STAMP)
+	$(BIN)/python -m dcr_nb.paper_fetch paper/params.yaml $(if $(ONLY),--only $(ONLY)) $(if $(CC3M_TSV),--cc3m-tsv '$(CC3M_TSV)') $(if $(CC3M_LIMIT),--cc3m-limit $(CC3M_LIMIT))
 
 # The paper profile on a GPU node (nbs/09_paper.ipynb; parameters in paper/params.yaml): first checks that every
 # input (CLIP weights, Stable Diffusion 2.1-base folder, CC3M shards, MMVP-VLM) is here and stops with a list of what

@@ -546,7 +546,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] != ["preflight"] or len(argv) > 2:
         print("usage: python -m dcr_nb.paper preflight [paper/params.yaml]", file=sys.stderr); return 2
     try: summary = preflight(**read_inputs(*argv[1:]).to_dict())
-    except (PaperInputsMissing, ConfigError) as e: print(e, file=sys.stderr); return 1
+    except PaperInputsMissing as e:  # the one command that fetches them all comes first
+        print(f"run `make paper-inputs` first (python -m dcr_nb.paper_fetch {argv[1] if argv[1:] else PAPER_PARAMS}): it fetches every input "
+              f"below by name on a machine with network\n{e}", file=sys.stderr); return 1
+    except ConfigError as e: print(e, file=sys.stderr); return 1
     params = read_params(argv[1] if argv[1:] else PAPER_PARAMS)
     if msg := prediction_type_mismatch(params): print(msg, file=sys.stderr); return 1
     if n := params.get("launch", {}).get("num_processes"):  # a params file without `launch:` (a check of inputs only) skips this

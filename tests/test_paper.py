@@ -71,6 +71,7 @@ def test_cli_exit_codes(tmp_path, fake):
     (tmp_path / "missing.yaml").write_text(yaml.safe_dump({"inputs": dvc_deps(empty_inputs(tmp_path))}))
     r = run_cli("preflight", str(tmp_path / "missing.yaml"), env=env)
     assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith(f"run `make paper-inputs` first (python -m dcr_nb.paper_fetch {tmp_path / 'missing.yaml'})"), r.stderr  # the one command first
     for p in ("cc3m", "classes"): assert str(tmp_path / p) in r.stderr
     for p in ("sd21", "MMVP_VLM"): assert os.path.relpath(tmp_path / p, ROOT) in r.stderr
     # paper/dvc.yaml tracks sd and mmvp as dependencies from paper/ (../<path>): absolute paths are refused, naming the relative one
