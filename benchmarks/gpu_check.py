@@ -131,16 +131,14 @@ def build_task(cfg, s: Setting, clip, d, dev: str):
     "The real task through `dcr_task` (LoRA adapters of an earlier setting removed first); torch.compile swapped in when `s.compile`."
     import torch
     from dcr_nb.dcr_stages import dcr_task
-    from dcr_nb.speed import fast_denoise
+    from dcr_nb.paper import compiled_denoise
     from dcr_nb.encoder import LoraLinear, LoraAttention, LoraProjection, _swap
     for name, m in list(clip.visual.named_modules()):  # take an earlier setting's adapters off, unmerged: dcr_task adds fresh ones
         if isinstance(m, (LoraLinear, LoraAttention)): _swap(clip.visual, name, m.base)
         elif isinstance(m, LoraProjection): _swap(clip.visual, name, m.weight)
     if not s.fast: d.unet.to(memory_format=torch.contiguous_format)  # undo an earlier fast setting's in-place channels-last
     task = dcr_task(cfg, clip, d)
-    if s.compile:  # dcr_task has no compile option; FastDenoise has. Without channels-last: see COMPILE_LAYOUT
-        d.unet.to(memory_format=torch.contiguous_format)
-        task.denoise = fast_denoise(d, prefix=s.fast, channels_last=False, checkpoint=s.checkpoint, compile=True)
+    if s.compile: task.denoise = compiled_denoise(d, s.fast, s.checkpoint)  # as the paper task builder's `compile: true` (no channels-last: COMPILE_LAYOUT)
     return task.to(dev)
 
 
@@ -256,7 +254,7 @@ def fits(r: dict, fit_gb: float) -> bool: return r.get("status") == "ok" and r["
 
 
 def stage_pick(rows, key: str, stage: int, fit_gb: float) -> dict | None:
-    "The fastest measured setting of `key`'s stage `stage` that fits, without torch.compile (DCRStageConfig has no compile key)."
+    "The fastest measured setting of `key`'s stage `stage` that fits, without torch.compile (reported apart: `dcr.compile` in paper/params.yaml)."
     ok = [r for r in rows if r["backbone"] == key and r["stage"] == stage and fits(r, fit_gb) and not r["compile"]]
     return min(ok, key=lambda r: r["step_ms"], default=None)
 
@@ -366,15 +364,17 @@ def report(picks: dict, fit_gb: float, device_name: str) -> str:
                      f"{fmt(c['payback_micro_steps'], ',.0f')} of {c['run_micro_steps']:,} micro-steps: {'yes' if c['pays_back'] else 'no'}")
         if "total_hours_with_compile_where_it_pays" in p:
             L.append(f"  with compile where it pays back: {p['total_hours_with_compile_where_it_pays']:.1f} h "
-                     "(DCRStageConfig has no compile key, so the pick below is without it)")
+                     "(paper/params.yaml: dcr.compile: true; the pick below is without it)")
         if "paper" in p:
             q = p["paper"]
             L.append(f"paper: {q['hours']} h and {q['peak_gb']} GB ({q['source']}), i.e. {q['implied_ms_per_micro_step']:.0f} ms per micro-step of B = 16"
                      + (f"; with all B(B+1) = {PAPER['batch'] * (PAPER['batch'] + 1)} calls of this denoiser that is {q['implied_denoiser_tflops_per_gpu']:.3g} "
                         f"TFLOP/s per GPU for the denoiser alone (A100 dense bf16 peak: {A100_BF16_TFLOPS})" if "implied_denoiser_tflops_per_gpu" in q else ""))
-        d = p["dcr"]
-        L.append(f"put in paper/params.yaml with inputs.model {key} (the fastest setting that fits {fit_gb:g} GB in every stage):\n"
-                 f"dcr:\n  chunk_size: {d['chunk_size']}\n  checkpoint: {str(d['checkpoint']).lower()}\n  fast: {str(d['fast']).lower()}")
+        d, comp = p["dcr"], p.get("compile", {})
+        pays = bool(comp) and all(c["pays_back"] for c in comp.values())  # measured in every stage it ran, and paid back there
+        L.append(f"put in paper/params.yaml for backbone {key} (the fastest setting that fits {fit_gb:g} GB in every stage):\n"
+                 f"dcr:\n  chunk_size: {d['chunk_size']}\n  checkpoint: {str(d['checkpoint']).lower()}\n  fast: {str(d['fast']).lower()}"
+                 + (f"\n  compile: true      # measured in {', '.join(comp)}: it pays back" if pays else ""))
     return "\n".join(L)
 
 

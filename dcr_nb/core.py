@@ -51,6 +51,10 @@ def seed_everything(seed: int, deterministic: bool = False) -> int:
 # %% ../nbs/00_core.ipynb #c012
 torch.set_flush_denormal(True)  # x86: treat denormals as 0 (30x faster stand-in UNet on CPU; see above)
 
+# %% ../nbs/00_core.ipynb #n012
+from .stage import pin_in_process, numerics_state
+pin_in_process()  # under the stage runner: oneDNN off, and an error unless the pinned variables took effect
+
 # %% ../nbs/00_core.ipynb #c015
 def atomic_write(path, data: bytes | str) -> Path:
     "Write `data` to `path` through a temporary file and a rename, so readers never see a partial file."
@@ -173,7 +177,7 @@ def _from_params(cls, params: str, reads: str, **given):
     given = {k: v for k, v in given.items() if v != ""}  # a stage notebook's parameter that the stage does not pass is ""
     vals.update(given); src.update({k: "given by the stage" for k in given})
     cfg = cls.from_dict(vals)
-    object.__setattr__(cfg, "_sources", {**getattr(cfg, "_sources", {}), **src})  # a config may name sources of its own (derived values)
+    object.__setattr__(cfg, "_sources", {**src, **getattr(cfg, "_sources", {})})  # a config may name sources of its own (derived values): they win
     return cfg
 
 StageConfig.from_params = classmethod(_from_params)
@@ -260,8 +264,9 @@ def undeclared_code(addressing: str | None = None, root=None) -> list[str]:
     return problems
 
 def check_declared_code():
-    "Under `dvc repro`: fail if this stage ran `dcr_nb` code it does not declare (DVC would not rerun it when that code changed)."
+    "Under `dvc repro`: fail if this stage ran `dcr_nb` code it does not declare (DVC would not rerun it when that code changed). Also says what it computed with."
     used = ", ".join(Path(k).stem for k in loaded_code())
+    print("numerics: " + ", ".join(f"{k} {v}" for k, v in numerics_state().items()))  # the executed notebook records them
     if not dvc_stage(): print(f"dcr_nb code used: {used} (not run by `dvc repro`: declarations not checked)"); return
     if problems := undeclared_code():
         raise ConfigError(f"stage {dvc_stage()}: " + "; ".join(problems) + ". Add the missing paths to the stage's `deps` in dvc.yaml.")

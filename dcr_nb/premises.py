@@ -12,13 +12,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .data import GLYPH_CHARS, N_VALUES, SceneSpec, render, sample_spec, scene_rng, to_tensor
 from .encoder import add_lora, embed_dim, image_embedding
-from .evaluate import PROBE_C, PROBE_MAX_ITER, _l2, encode_images
+from .evaluate import encode_images, probe_predictions
 from .losses import diffusion_target
+from .verdicts import paired_bootstrap
 
 # %% auto #0
 __all__ = ['BLIND', 'PREMISE_STREAMS', 'SLOT_ATTRS', 'attribute_codes', 'scene_set', 'noise_draws', 'slot_losses', 'plateau_step',
-           'bootstrap_ci', 'OracleSlot', 'slot_headroom', 'embedding_gradients', 'class_share', 'gradient_signal',
-           'lora_capacity', 'stage1_curve', 'cross_attention_probs']
+           'OracleSlot', 'slot_headroom', 'embedding_gradients', 'class_share', 'gradient_signal', 'lora_capacity',
+           'stage1_curve', 'cross_attention_probs']
 
 # %% ../nbs/08e_premises.ipynb #d4eb1eee
 BLIND = ("orientation", "viewpoint", "state")  # the designed-blind attributes (world/params.yaml report.blind)
@@ -66,11 +67,6 @@ def plateau_step(steps, losses, tol: float = 0.05) -> int | None:
     ok = losses <= best + tol * drop
     first = len(ok) - np.argmin(ok[::-1]) if not ok.all() else 0  # first index of the final run of ok values
     return int(steps[first]) if first < len(steps) - 1 or drop == 0 else None
-
-def bootstrap_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float]:
-    "95% percentile-bootstrap interval of the mean of `x` (n,)."
-    idx = np.random.default_rng(seed).integers(0, len(x), (n_boot, len(x)))
-    return [float(v) for v in np.quantile(x[idx].mean(1), [0.025, 0.975])]
 
 # %% ../nbs/08e_premises.ipynb #a7da8610
 class OracleSlot(nn.Module):
@@ -120,8 +116,8 @@ def slot_headroom(d, train, held_out, attrs=BLIND, steps: int = 2000, batch_size
                "loss_all": float(full.mean()), "loss_none": float(none.mean()), "attributes": {}}
         for a in attrs:
             wo = slot_losses(d, lambda idx: oracle(attribute_codes([ho_specs[k] for k in idx], drop=(a,))), ho_x, ev)
-            diff = wo - full
-            out["attributes"][a] = {"loss_without": float(wo.mean()), "worth": float(diff.mean()), "ci95": bootstrap_ci(diff, seed=seed),
+            diff, iv = wo - full, paired_bootstrap(wo, full, 1000, seed)  # (dcr_nb.verdicts: the claims' interval)
+            out["attributes"][a] = {"loss_without": float(wo.mean()), "worth": float(diff.mean()), "ci95": [iv["lo"], iv["hi"]],
                                     "share_%": float(100 * diff.mean() / (none.mean() - full.mean()))}
     return out
 
@@ -170,14 +166,6 @@ def gradient_signal(grads, labels, n_boot: int = 200, seed: int = 0) -> dict:
             "ci95": [float(v) for v in np.quantile(excess, [0.025, 0.975])]}
 
 # %% ../nbs/08e_premises.ipynb #ab6d8a1d
-def _probe_correct(train_x, train_y, test_x, test_y) -> np.ndarray:
-    "Per test image: does the fixed-protocol linear probe (dcr_nb.evaluate.linear_probe's) get it right? (n_test,) bool."
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER)).fit(_l2(train_x), train_y)
-    return clf.predict(_l2(test_x)) == np.asarray(test_y)
-
 def lora_capacity(clip, attr: str, train, held_out, steps: int = 400, batch_size: int = 8, lr: float = 5e-4, lora_r: int = 16,
                   lora_alpha: float = 16.0, lora_dropout: float = 0.1, warmup: int = 10, seed: int = 0, n_boot: int = 1000, progress=True) -> dict:
     """P3: the held-out linear-probe gain on `attr` of the stage-2 LoRA trained *directly* on it (a linear head, cross-entropy) at the
@@ -199,10 +187,10 @@ def lora_capacity(clip, attr: str, train, held_out, steps: int = 400, batch_size
         loss = F.cross_entropy(head(image_embedding(tower, tr_x[i])), y[i])
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); sched.step()
     after = encode_images(tower, ho_x, progress=False).numpy()
-    cb, ca = (_probe_correct(f[:k], y_ho[:k], f[k:], y_ho[k:]) for f in (before, after))
-    gain = 100 * (ca.astype(float) - cb)
+    cb, ca = (probe_predictions(f[:k], y_ho[:k], f[k:]) == y_ho[k:] for f in (before, after))  # the report's probe, per image
+    gain, iv = 100 * (ca.astype(float) - cb), paired_bootstrap(100.0 * ca, 100.0 * cb, n_boot, seed)
     return {"before_%": float(100 * cb.mean()), "after_%": float(100 * ca.mean()), "gain": float(gain.mean()),
-            "ci95": bootstrap_ci(gain, n_boot, seed), "chance_%": float(100 * np.bincount(y_ho[k:]).max() / (len(y_ho) - k))}
+            "ci95": [iv["lo"], iv["hi"]], "chance_%": float(100 * np.bincount(y_ho[k:]).max() / (len(y_ho) - k))}
 
 # %% ../nbs/08e_premises.ipynb #d965c3b9
 def stage1_curve(task, train_x, held_x, steps: int, budget: int, batch_size: int = 8, lr: float = 1e-3, warmup: int = 10,

@@ -8,7 +8,10 @@ import os, sys, tempfile, threading, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PROGRESS_ENV', 'PROGRESS_EVERY_ENV', 'duration', 'Progress', 'parse_value', 'parse_args', 'run_notebook', 'main']
+__all__ = ['PROGRESS_ENV', 'PROGRESS_EVERY_ENV', 'STOP_ENV', 'STOP_EXIT', 'STOP_SIGNALS', 'NUMERICS_ENV', 'NUMERICS_THREADS',
+           'PINNED_ENV', 'THREAD_VARS', 'NUMERICS_MODES', 'duration', 'Progress', 'Preempted', 'stop_requested',
+           'request_stop', 'stops_on_signals', 'numerics_mode', 'numerics_env', 'numerics_state', 'pin_in_process',
+           'parse_value', 'parse_args', 'run_notebook', 'main']
 
 # %% ../nbs/00b_stage.ipynb #c105
 PROGRESS_ENV = "DCR_NB_PROGRESS"              # a file: write progress lines there (set by the stage runner); "off": no progress at all
@@ -73,6 +76,92 @@ class Progress:
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
+
+# %% ../nbs/00b_stage.ipynb #s202
+import contextlib, signal
+
+STOP_ENV = "DCR_NB_STOP_FILE"   # a file: once it exists, a training loop stops at the end of its current update
+STOP_EXIT = 75                  # exit status of a run that stopped to be resumed (EX_TEMPFAIL of sysexits.h): run it again
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the signals that ask for that stop
+_stops: list[str] = []          # the stop signals the stage runner received while its notebook ran
+
+class Preempted(SystemExit):
+    "Raised by a loop that stopped on request after saving what it needs to resume: a script that lets it through exits with `STOP_EXIT`."
+    def __init__(self, message: str): super().__init__(message); self.code = STOP_EXIT
+
+def stop_requested() -> bool:
+    "Does the stop file (`$DCR_NB_STOP_FILE`) exist?"
+    return bool(p := os.environ.get(STOP_ENV)) and os.path.exists(p)
+
+def request_stop(why: str) -> Path | None:
+    "Ask the training under this process to stop: append `why` to the stop file and return its path (None when no stop file is named)."
+    if not (p := os.environ.get(STOP_ENV)): return None
+    with open(p, "a") as f: f.write(why.rstrip("\n") + "\n")
+    return Path(p)
+
+@contextlib.contextmanager
+def stops_on_signals(received: list | None = None):
+    "While inside, `STOP_SIGNALS` request a stop (and append their name to `received`) instead of ending the process. Main thread only."
+    if threading.current_thread() is not threading.main_thread(): yield received; return  # signal handlers live in the main thread
+    def handle(signum, frame):
+        name = signal.Signals(signum).name
+        if received is not None: received.append(name)
+        request_stop(f"{name} to process {os.getpid()}")
+    old = {s: signal.signal(s, handle) for s in STOP_SIGNALS}
+    try: yield received
+    finally:
+        for s, h in old.items(): signal.signal(s, signal.SIG_DFL if h is None else h)
+
+
+# %% ../nbs/00b_stage.ipynb #n102
+NUMERICS_ENV = "DCR_NB_NUMERICS"  # pinned (the stage runner's default) | native (each library's own choice for this CPU)
+NUMERICS_THREADS = 2              # pinned numerics' one thread count: results depend on it
+PINNED_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's own kernels: AVX2 code, on AVX-512 CPUs too
+    "MKL_CBWR": "COMPATIBLE",       # MKL: the branch documented to give the same bits on Intel and non-Intel CPUs
+    "MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE",  # no thread count chosen at run time
+    "OPENBLAS_CORETYPE": "Haswell", # NumPy's and SciPy's OpenBLAS: its AVX2 kernels
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy's own loops: AVX2 at most
+}  # and oneDNN: off, in the kernel (`pin_in_process`)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+NUMERICS_MODES = ("pinned", "native")
+
+def numerics_mode(env=None) -> str:
+    "The numerics `$DCR_NB_NUMERICS` asks for (`pinned` when unset); a ValueError for any other value."
+    mode = (os.environ if env is None else env).get(NUMERICS_ENV) or "pinned"
+    if mode not in NUMERICS_MODES:
+        raise ValueError(f"${NUMERICS_ENV}={mode!r}: choose pinned (the same bits on every x86-64 CPU with AVX2) or native (this CPU's fastest kernels)")
+    return mode
+
+def numerics_env(mode: str) -> dict[str, str]:
+    "The environment variables of numerics `mode`, to set before PyTorch and NumPy are loaded (none for native)."
+    if numerics_mode({NUMERICS_ENV: mode}) == "native": return {NUMERICS_ENV: "native"}
+    return {**PINNED_ENV, **dict.fromkeys(THREAD_VARS, str(NUMERICS_THREADS)), NUMERICS_ENV: "pinned"}
+
+# %% ../nbs/00b_stage.ipynb #n106
+def numerics_state() -> dict:
+    "What this process computes with: numerics mode, PyTorch's kernel level and threads, oneDNN and NNPACK on or off, MKL's branch, OpenBLAS's kernels."
+    import torch
+    return {"mode": os.environ.get(NUMERICS_ENV, "unset"), "pytorch": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "onednn": torch.backends.mkldnn.enabled, "nnpack": torch._C._get_nnpack_enabled(),
+            "mkl": os.environ.get("MKL_CBWR", "AUTO"), "openblas": os.environ.get("OPENBLAS_CORETYPE", "auto")}
+
+def pin_in_process() -> str | None:
+    "Under `$DCR_NB_NUMERICS` pinned: oneDNN and NNPACK off, and an error unless the pinned variables took effect. Returns the mode (None: unset)."
+    if not os.environ.get(NUMERICS_ENV): return None
+    if (mode := numerics_mode()) == "native": return mode
+    import numpy as np, torch
+    torch.backends.mkldnn.enabled = False  # their convolutions block by the CPU's caches (table above)
+    torch.backends.nnpack.set_flags(False)
+    env, state = numerics_env("pinned"), numerics_state()
+    bad = [f"${k}={os.environ.get(k)!r} (pinned: {v!r})" for k, v in env.items() if os.environ.get(k) != v]
+    if state["pytorch"] != "AVX2": bad.append(f"PyTorch runs its {state['pytorch']} kernels (pinned: AVX2; this CPU may lack AVX2)")
+    if state["threads"] != NUMERICS_THREADS: bad.append(f"PyTorch uses {state['threads']} threads (pinned: {NUMERICS_THREADS}; torch.set_num_threads was called)")
+    if np._core._multiarray_umath.__cpu_features__.get("X86_V4"): bad.append("NumPy uses AVX-512 loops (NumPy was loaded before the variables were set)")
+    if bad: raise RuntimeError(f"${NUMERICS_ENV}=pinned, but " + "; ".join(bad) + ". Run the stage through `python -m dcr_nb.stage`, "
+                               f"which sets them before the kernel starts, or set {NUMERICS_ENV}=native to compute with this CPU's own kernels "
+                               "(then the numbers differ from pinned runs in their last bits).")
+    return mode
 
 # %% ../nbs/00b_stage.ipynb #c113
 def parse_value(s: str):
@@ -139,13 +228,17 @@ def run_notebook(notebook, output, parameters: dict | None = None, quiet: float 
     with tempfile.TemporaryDirectory(prefix="dcr-stage-") as tmp:
         target = Path(tmp) / output.name if rank else output    # ranks other than 0: a throwaway copy
         log = Path(tmp) / "progress.log"; log.touch()
-        saved = {k: os.environ.get(k) for k in (PROGRESS_ENV, "JUPYTER_RUNTIME_DIR")}
-        os.environ.update({PROGRESS_ENV: str(log), "JUPYTER_RUNTIME_DIR": tmp})   # short socket paths for IPC
+        numerics = numerics_env(numerics_mode())  # the kernel computes pinned unless $DCR_NB_NUMERICS=native
+        saved = {k: os.environ.get(k) for k in (PROGRESS_ENV, "JUPYTER_RUNTIME_DIR", STOP_ENV, *numerics)}
+        os.environ.update({PROGRESS_ENV: str(log), "JUPYTER_RUNTIME_DIR": tmp,   # short socket paths for IPC
+                           STOP_ENV: saved[STOP_ENV] or f"{tmp}/stop", **numerics})  # a stop file of our own, unless a launcher named one
         relay, t0 = _Relay(log, prefix, stream, quiet), time.monotonic()
         relay.start()
+        _stops.clear()
         try:
-            papermill.execute_notebook(str(notebook), str(target), parameters=parameters or {}, progress_bar=False,
-                                       config=Config({"KernelManager": {"transport": "ipc", "ip": f"{tmp}/kernel"}}))  # sockets of our own: several ranks share a cwd
+            with stops_on_signals(_stops):  # SIGTERM / SIGUSR1: the kernel's training loop stops at the end of its update
+                papermill.execute_notebook(str(notebook), str(target), parameters=parameters or {}, progress_bar=False,
+                                           config=Config({"KernelManager": {"transport": "ipc", "ip": f"{tmp}/kernel"}}))  # sockets of our own: several ranks share a cwd
         finally:
             relay.stop()
             for k, v in saved.items():
@@ -160,11 +253,19 @@ def main(argv: list[str] | None = None) -> int:
     try: nb, out, params = parse_args(sys.argv[1:] if argv is None else argv)
     except ValueError as e: print(e, file=sys.stderr); return 2
     try: run_notebook(nb, out, params)
-    except FileNotFoundError as e: print(f"error: {e}", file=sys.stderr); return 2
+    except (FileNotFoundError, ValueError) as e: print(f"error: {e}", file=sys.stderr); return 2  # ValueError: a bad $DCR_NB_NUMERICS
     except PapermillExecutionError as e:
+        if e.ename == Preempted.__name__:
+            print(f"{e.evalue}\nexit status {STOP_EXIT}: {nb} stopped to be resumed (run the stage again); the executed notebook is {out}", file=sys.stderr)
+            return STOP_EXIT
         print(f"error: {nb} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); the executed notebook is {out}\n"
               + "".join(e.traceback[-1:]), file=sys.stderr)
         return 1
+    except Exception as e:  # e.g. the kernel died of a stop signal sent to it directly, outside a training loop
+        if not _stops: raise
+        print(f"{_stops[0]} while {nb} ran outside a training loop ({type(e).__name__}: {e}); no training step is lost\n"
+              f"exit status {STOP_EXIT}: {nb} stopped to be resumed (run the stage again)", file=sys.stderr)
+        return STOP_EXIT
     return 0
 
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())  # not when a notebook kernel runs this cell

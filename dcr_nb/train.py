@@ -4,18 +4,18 @@
 
 # %% ../nbs/05_train.ipynb #c001
 from __future__ import annotations
-import contextlib, dataclasses, functools, hashlib, io, json, math, os, shutil, time
+import contextlib, dataclasses, functools, hashlib, io, json, math, os, shutil, sys, time
 from pathlib import Path
 from typing import Callable, Literal
 import torch
 from torch import nn
-from .stage import Progress
+from .stage import NUMERICS_ENV, Progress, Preempted, STOP_EXIT, request_stop, stop_requested, stops_on_signals
 from .core import StageConfig, ConfigError, atomic_write, dvc_stage, stage_inputs, package_code
 
 # %% auto #0
-__all__ = ['CKPT_NAME', 'ASIDE', 'TrainConfig', 'step_seed', 'batch_indices', 'fingerprint', 'run_inputs', 'trainable_state',
-           'save_checkpoint', 'load_checkpoint', 'changed_inputs', 'prepare_run_dir', 'truncate_live_logs',
-           'read_live_metrics', 'NonFiniteLoss', 'make_optimizer', 'lr_factor', 'train']
+__all__ = ['CKPT_NAME', 'ASIDE', 'LAUNCH_SECTION', 'TrainConfig', 'step_seed', 'batch_indices', 'fingerprint', 'run_inputs',
+           'trainable_state', 'save_checkpoint', 'load_checkpoint', 'changed_inputs', 'prepare_run_dir',
+           'truncate_live_logs', 'read_live_metrics', 'NonFiniteLoss', 'make_optimizer', 'lr_factor', 'train']
 
 # %% ../nbs/05_train.ipynb #c006
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +64,17 @@ def fingerprint(*parts) -> str:
     "A short hash of JSON-serialisable parts (configs, input hashes)."
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-def run_inputs(cfg: StageConfig, extra=None) -> dict:
-    "Everything a training run depends on: its config, the inputs its DVC stage declares (else the package code), and `extra`."
+LAUNCH_SECTION = "launch"  # the parameters section that says how the processes start (the launcher's): not an input of a run
+
+def run_inputs(cfg: StageConfig, extra=None, world_size: int = 1) -> dict:
+    """Everything a training run depends on: its config (but the fields its class names in `NOT_INPUTS`), its number of processes
+    (`world_size`), its numerics mode (`$DCR_NB_NUMERICS`), the inputs its DVC stage declares (else the package code) except
+    `LAUNCH_SECTION`, and `extra`."""
     declared = stage_inputs() if dvc_stage() else {"stage": None, "code": package_code()}
-    return {"config": cfg.to_dict(), **declared, "extra": extra}
+    if "params" in declared:  # where and how the processes start changes nothing they compute
+        declared["params"] = {f: {k: v for k, v in vals.items() if k.split(".")[0] != LAUNCH_SECTION} for f, vals in declared["params"].items()}
+    config = {k: v for k, v in cfg.to_dict().items() if k not in getattr(cfg, "NOT_INPUTS", ())}  # how it runs, not what it computes
+    return {"config": config, "world_size": world_size, "numerics": os.environ.get(NUMERICS_ENV, "unset"), **declared, "extra": extra}
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     "The parameters of `model` that require gradients, by name (detached, on the CPU)."
@@ -185,9 +192,25 @@ def _accelerator(cfg: TrainConfig):
         AcceleratorState._reset_state()
     return Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False)
 
+def _from_main(acc, obj):
+    "`obj` as the main process has it, on every process."
+    if acc.num_processes == 1: return obj
+    from accelerate.utils import broadcast_object_list
+    return broadcast_object_list([obj], from_process=0)[0]
+
+def _on_any(acc, flag: bool) -> bool:
+    "Is `flag` true on any process? One all-reduce of one number, so that every process takes the same branch."
+    if acc.num_processes == 1: return flag
+    t = torch.tensor([float(flag)], device=acc.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+# %% ../nbs/05_train.ipynb #c020b
 def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: TrainConfig, out,
           fp_extra=None, stop_after: int | None = None, desc: str = "train") -> dict:
-    "Train `task`'s trainable parameters; `get_batch(k, rank, world)` gives micro-batch `k`. Resumes `out/checkpoint.pt` if it is of the same inputs."
+    """Train `task`'s trainable parameters; `get_batch(k, rank, world)` gives micro-batch `k`. Resumes `out/checkpoint.pt` if it is
+    of the same inputs. Asked to stop (`STOP_SIGNALS`, the stop file), every process stops after the same update, with a checkpoint
+    of it, and raises `Preempted`."""
     from dvclive import Live
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     acc = _accelerator(cfg)
@@ -195,7 +218,9 @@ def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: Tr
     # with index_put, whose parallel CPU kernel adds in a timing-dependent order unless told otherwise.
     torch.use_deterministic_algorithms(True, warn_only=True)
     opt, sched = make_optimizer(task, cfg)
-    inputs = run_inputs(cfg, fp_extra); fp = fingerprint(inputs)
+    # The main process reads the run's inputs (what DVC declares for the stage: the processes of other machines need not
+    # run under DVC) and every process checks the checkpoint against that record.
+    inputs = _from_main(acc, run_inputs(cfg, fp_extra, acc.num_processes) if acc.is_main_process else None); fp = fingerprint(inputs)
     aside = prepare_run_dir(out, fp, inputs) if acc.is_main_process else None  # a run of other inputs is never resumed
     acc.wait_for_everyone()
     start = load_checkpoint(out / CKPT_NAME, task, opt, sched, fp)
@@ -210,19 +235,33 @@ def train(task: nn.Module, get_batch: Callable[[int, int, int], object], cfg: Tr
         live.step = start
     progress = Progress(cfg.steps, start, desc, items_per_step=cfg.batch_size * cfg.grad_accum * acc.num_processes,
                         enabled=acc.is_main_process)  # lines on the terminal of `dvc repro`, a bar in JupyterLab
-    last = {}
-    for step in range(start, cfg.steps):
-        terms = _update(model, opt, sched, get_batch, cfg, acc, step)
-        last = terms
-        if live is not None:
-            for k, v in terms.items(): live.log_metric(f"train/{k}", v)
-            live.log_metric("train/lr", sched.get_last_lr()[0]); live.next_step()
-        done = step + 1
-        progress.update(done, loss=terms["loss"])
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            acc.wait_for_everyone()
-            if acc.is_main_process: save_checkpoint(out / CKPT_NAME, done, acc.unwrap_model(model), opt, sched, fp, inputs)
-        if stop_after is not None and done >= stop_after: break
+    last, saved, received = {}, start, []
+    with stops_on_signals(received):  # SIGTERM, SIGUSR1: noted in `received`, acted on between two updates
+        for step in range(start, cfg.steps):
+            if _on_any(acc, bool(received) or stop_requested()):  # every process stops after the same update
+                if step > saved:
+                    acc.wait_for_everyone()
+                    if acc.is_main_process: save_checkpoint(out / CKPT_NAME, step, acc.unwrap_model(model), opt, sched, fp, inputs)
+                acc.wait_for_everyone()  # the checkpoint is whole before any process leaves
+                why = f"{received[0]} received" if received else "the stop file exists" if stop_requested() else "another process was asked"
+                msg = f"{desc}: stopped at step {step} of {cfg.steps} ({why}); the checkpoint holds every finished update: run again to resume"
+                request_stop(msg)  # a launcher above this process learns that the stop was asked for
+                if acc.is_main_process: print(msg, file=sys.stderr, flush=True)
+                progress.close()
+                if live is not None: live.end()
+                raise Preempted(msg)
+            terms = _update(model, opt, sched, get_batch, cfg, acc, step)
+            last = terms
+            if live is not None:
+                for k, v in terms.items(): live.log_metric(f"train/{k}", v)
+                live.log_metric("train/lr", sched.get_last_lr()[0]); live.next_step()
+            done = step + 1
+            progress.update(done, loss=terms["loss"])
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                acc.wait_for_everyone()
+                if acc.is_main_process: save_checkpoint(out / CKPT_NAME, done, acc.unwrap_model(model), opt, sched, fp, inputs)
+                saved = done
+            if stop_after is not None and done >= stop_after: break
     progress.close()
     if live is not None: live.end()
     return {"start_step": start, "steps": cfg.steps, "set_aside": aside, **{f"final_{k}": v for k, v in last.items()}}

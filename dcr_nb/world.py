@@ -16,6 +16,7 @@ from .evaluate import (MMVPResult, encode_texts, evaluate_d_ability, evaluate_mm
                        score_mmvp, encode_images)
 from .core import ConfigError, StageConfig
 from .pretrain import ddim_sample, predicted_x0
+from .verdicts import paired_bootstrap
 
 # %% auto #0
 __all__ = ['WORLD_STREAMS', 'BENCH_ATTRS', 'GOALS', 'ATTRIBUTE_CATEGORY', 'world_specs', 'render_specs', 'benchmark_pairs',
@@ -86,17 +87,12 @@ def other_value(spec: SceneSpec, attr: str, rng: np.random.Generator) -> int:
     values = [v for v in (range(1, 4) if attr == "count" else range(N_VALUES[attr])) if v != getattr(spec, attr)]
     return int(values[rng.integers(len(values))])
 
-def _bootstrap_ci(x: np.ndarray, n_boot: int, seed: int) -> list[float]:
-    "95% percentile-bootstrap interval of the mean of `x` (n,)."
-    idx = np.random.default_rng(seed).integers(0, len(x), (n_boot, len(x)))
-    return [float(v) for v in np.quantile(x[idx].mean(1), [0.025, 0.975])]
-
 # %% ../nbs/08a_world.ipynb #w022
 def _stats(own: np.ndarray, changed: np.ndarray, n_boot: int, seed: int) -> dict:
     "Summary of per-scene MSEs (n,) under the own and the changed caption."
-    diff = changed - own
+    diff, iv = changed - own, paired_bootstrap(changed, own, n_boot, seed)  # the claims' paired interval (dcr_nb.verdicts)
     return {"mse_own": float(own.mean()), "mse_changed": float(changed.mean()), "diff": float(diff.mean()),
-            "gain_%": float(100 * diff.mean() / changed.mean()), "ci95": _bootstrap_ci(diff, n_boot, seed)}
+            "gain_%": float(100 * diff.mean() / changed.mean()), "ci95": [iv["lo"], iv["hi"]]}
 
 @torch.no_grad()
 def denoiser_sensitivity(d, n: int = 64, timesteps=(100, 300, 500, 700), attributes=BENCH_ATTRS, seed: int = 0,

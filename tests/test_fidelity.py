@@ -98,7 +98,7 @@ def test_registry_table_and_recipes(root):
         assert (d.reference != d.fixed) == bool(d.switch), d.what
     import yaml
     params = yaml.safe_load((root / "paper/params.yaml").read_text())
-    assert params["dcr"]["fidelity"] == "reference" and recipe_departures(params) == []
+    assert params["dcr"]["fidelity"] == "reference" and all(recipe_departures(params, b) == [] for b in params["backbones"])
     assert all(params["dcr"][k] == "" for k in fidelity_settings("reference"))  # every switch follows the fidelity by default
     assert len(RELEASED_RECIPES) == 6 and {r["stage2_steps"] for r in RELEASED_RECIPES.values()} == {4600, 100_000}
 
@@ -114,13 +114,40 @@ def test_both_modes_end_to_end(fake, tmp_path, fidelity):
     assert 0 <= m["mmvp"]["mean"] <= 100
 
 
+def paper_params(fake, sd=None, **more) -> dict:
+    "A paper params file's sections for the fake layout (sd and mmvp relative to the root, as paper/dvc.yaml needs)."
+    import os
+    rel = lambda p: os.path.relpath(p, root_path())
+    inputs = {k: v for k, v in fake.to_dict().items() if k not in ("model", "pretrained")} | {"sd": rel(sd or fake.sd), "mmvp": rel(fake.mmvp)}
+    return {"inputs": inputs, "backbones": {fake.model: {"pretrained": fake.pretrained}}, **more}
+
+
+def test_departures_cover_negatives_switches_and_not_cost_keys(root):
+    "Every departure from the released recipe is listed (per backbone, per objective); the cost keys, which keep the math, never are."
+    import yaml
+    from dcr_nb.paper import SAME_MATH, unet_calls
+    p = yaml.safe_load((root / "paper/params.yaml").read_text())
+    cost = {**p, "dcr": {**p["dcr"], **{k: v for k, v in dict(chunk_size=64, checkpoint=True, fast=True, compile=True).items()}},
+            "launch": {**p["launch"], "data_workers": 8}}
+    assert set(SAME_MATH) == {"chunk_size", "checkpoint", "fast", "compile", "data_workers"} and recipe_departures(cost, "openai-l14") == []
+    odd = {**p, "dcr": {**p["dcr"], "empty_prompt": "unmasked", "hflip": 0.0, "condition": "tokens"},
+           "objectives": {"dcr": {**p["objectives"]["dcr"], "num_negatives": 1, "tau": 0.07}, "fixed": {"objective": "dcr", "fidelity": "fixed"},
+                          "recon": {"objective": "recon"}}}
+    got = recipe_departures(odd, "siglip-so400m")
+    for want in ("dcr: empty_prompt = 'unmasked' (released: 'masked')", "dcr: hflip = 0.0 (released: 0.5)", "dcr: condition = 'tokens' (released: 'cls')",
+                 f"dcr: num_negatives = 1 (released: all B - 1): {unet_calls(16, 1)} UNet calls per micro-step instead of 272",
+                 "dcr: tau = 0.07 (released: 0.1)", "fixed: fidelity = 'fixed' (released: 'reference')"):
+        assert any(g.startswith(want) for g in got), (want, got)
+    assert not any(g.startswith("recon: hflip") for g in got)  # a comparison objective is not DCR: only its fidelity switches count
+    assert recipe_departures(p, "metaclip-h14") == ["stage2.steps = 4600 (released: 100000)"]  # the backbone's own released numbers
+
+
 def test_device_guard(monkeypatch, tmp_path, fake):
     "The preflight refuses a launch that asks for more GPUs than torch sees; a stage refuses a process group smaller than the launch."
     import os, yaml
     from types import SimpleNamespace
     from dcr_nb.paper import main, check_ranks, DeviceMismatch, check_devices
-    inputs = {k: os.path.relpath(v, root_path()) if k in ("sd", "mmvp") else v for k, v in fake.to_dict().items()}
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"inputs": inputs, "launch": {"num_processes": 8}}))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(paper_params(fake, launch={"num_processes": 8}, dcr={"fidelity": "fixed"})))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert main(["preflight", str(tmp_path / "p.yaml")]) == 1
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
@@ -134,8 +161,9 @@ def test_device_guard(monkeypatch, tmp_path, fake):
 def test_preflight_refuses_a_v_prediction_checkpoint_in_reference_mode(tmp_path, fake, eps_sd):
     import os, yaml
     from dcr_nb.paper import main
-    rel = lambda p: os.path.relpath(p, root_path())
     for sd, fidelity, want in ((fake.sd, "reference", 1), (fake.sd, "fixed", 0), (eps_sd, "reference", 0)):
-        inputs = {**fake.to_dict(), "sd": rel(sd), "mmvp": rel(fake.mmvp)}
-        (tmp_path / "p.yaml").write_text(yaml.safe_dump({"inputs": inputs, "dcr": {"fidelity": fidelity, "target": ""}}))
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump(paper_params(fake, sd, dcr={"fidelity": fidelity, "target": ""})))
         assert main(["preflight", str(tmp_path / "p.yaml")]) == want, (sd, fidelity)
+    # an objective that runs in reference mode needs the epsilon checkpoint too, whatever `dcr` says
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(paper_params(fake, dcr={"fidelity": "fixed"}, objectives={"ref": {"objective": "dcr", "fidelity": "reference"}})))
+    assert main(["preflight", str(tmp_path / "p.yaml")]) == 1

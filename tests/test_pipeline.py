@@ -66,6 +66,7 @@ def test_an_objective_parameter_touches_only_that_objective(pipeline, objectives
     params = yaml.safe_load((ROOT / pipeline).with_name("params.yaml").read_text())
     assert tuple(params["objectives"]) == objectives
     runs = [f"-{s}" for s in params["seeds"]] if "seeds" in params else [""]  # the default pipeline: one run per seed
+    prefixes = [f"{b}-" for b in params["backbones"]] if "backbones" in params else [""]  # the paper profile: one run per backbone
     deps = {}
     for st in (s for s in Repo(str(dvc_projects(ROOT)[pipeline])).index.stages if hasattr(s, "name")):  # not data.dvc
         keys = set()
@@ -74,7 +75,7 @@ def test_an_objective_parameter_touches_only_that_objective(pipeline, objectives
         deps[st.name] = keys
     for key in objectives:
         users = {s for s, ks in deps.items() if any(k == f"objectives.{key}" or k.startswith(f"objectives.{key}.") for k in ks)}
-        assert users == {f"stage{n}@{key}{r}" for n in (1, 2) for r in runs}, users
+        assert users == {f"stage{n}@{p}{key}{r}" for n in (1, 2) for p in prefixes for r in runs}, users
     # only the stages that read every run (the comparison, the Hugging Face export) may depend on the whole section
     assert not any("objectives" in ks or "<whole file>" in ks for s, ks in deps.items() if not s.endswith(("compare", "export_hf"))), deps
 

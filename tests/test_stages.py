@@ -53,7 +53,7 @@ def test_detects_a_persistent_output_that_is_not_the_train_dir(root, tmp_path):
     "Only a stage's train_dir may survive a rerun (its checkpoint is checked against the stage's inputs)."
     proj = make_project(root, tmp_path)
     for f, key, other in (("dvc.yaml", "outputs/train/stage1/${key}:", "outputs/cache/stage1/${key}:"),
-                          ("paper/dvc.yaml", "../paper/outputs/train/stage1/${key}:", "../paper/outputs/cache/stage1/${key}:")):
+                          ("paper/dvc.yaml", "../paper/outputs/${item.backbone}/train/stage1/${item.objective}:", "../paper/outputs/${item.backbone}/cache/stage1/${item.objective}:")):
         path = proj / f; text = path.read_text(); assert text.count(key) == 1, (f, key)
         path.write_text(text.replace(key, other))
         r = run_check(proj); assert r.returncode == 1 and "persists" in r.stdout and "not its train_dir" in r.stdout, r.stdout
