@@ -343,7 +343,7 @@ def released_encoders(params: dict, file: str = PAPER_PARAMS) -> dict[str, tuple
 
 def check_released(name: str, path: str) -> list[Missing]:
     "Is released encoder `name` at `path` a Hugging Face folder (with config.json) or a state-dict file?"
-    p, how = root_path(path), (f"download it on a machine with network (a Hugging Face folder, e.g. `hf download <repo> --local-dir <folder>`, "
+    p, how = Path(os.path.normpath(root_path(path))), (f"download it on a machine with network (a Hugging Face folder, e.g. `hf download <repo> --local-dir <folder>`, "
                                f"or a state-dict file such as DIVA's .pth) and set released.{name}.path to it")
     if p.is_dir(): return [] if (p / "config.json").is_file() else [Missing(f"released encoder {name}: Hugging Face config", str(p / "config.json"), how)]
     if p.is_file(): return [] if p.suffix in STATE_DICT_SUFFIXES else [Missing(f"released encoder {name}: a state dict ({', '.join(STATE_DICT_SUFFIXES)})", str(p), how)]
