@@ -11,7 +11,7 @@ import torch
 from .core import atomic_write, read_params, repo_root, root_path
 from .data import MMVP_IMAGES, MMVP_HEADER, MMVP_CATEGORIES
 from .encoder import create_encoder, save_encoder
-from .paper import PaperInputs, PAPER_PARAMS, STANDIN_SIGLIP
+from .paper_inputs import PaperInputs, PAPER_PARAMS, STANDIN_SIGLIP
 
 # %% auto #0
 __all__ = ['write_shards', 'write_tiny_sd', 'write_mmvp_folder', 'fake_paper_inputs', 'fake_paper_params']

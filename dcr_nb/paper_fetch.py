@@ -16,8 +16,8 @@ from .data import MMVP_IMAGES, read_mmvp
 from .readers import expand_shards
 from .encoder import _tag_files, resolve_pretrained
 from .conditioning import SD_PARTS
-from .paper import (PAPER_PARAMS, SD_FILES, SD_MIRROR, Missing, PaperInputs, _rooted, check_clip, check_mmvp, check_sd, check_shards,
-                          open_clip_cfg, open_clip_name, read_inputs)
+from .paper_inputs import (PAPER_PARAMS, SD_FILES, SD_MIRROR, Missing, PaperInputs, _rooted, check_clip, check_mmvp, check_sd, check_shards,
+                                 open_clip_cfg, open_clip_name, read_inputs)
 from .paper import main as paper_main
 
 # %% auto #0

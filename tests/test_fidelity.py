@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 from dcr_nb.core import ConfigError, root_path
-from dcr_nb.paper import (DEPARTURES, PaperStageConfig, PaperEvaluateConfig, build_paper_task, departures_table, fidelity_settings,
-                          run_paper_stage, run_paper_evaluate, shard_batches, RELEASED_RECIPES, recipe_departures)
+from dcr_nb.paper import (DEPARTURES, PaperStageConfig, build_paper_task, departures_table, fidelity_settings, run_paper_stage,
+                          RELEASED_RECIPES, recipe_departures)
+from dcr_nb.paper_data import shard_batches
+from dcr_nb.paper_evaluate import PaperEvaluateConfig, run_paper_evaluate
 from dcr_nb.fixtures import fake_paper_inputs, write_tiny_sd
 from dcr_nb.conditioning import load_sd
 from dcr_nb.losses import resolve_target

@@ -27,7 +27,7 @@ def test_cli_names_the_missing_file(tmp_path, capsys):
 def test_siglip_round_trip(tmp_path, capsys):
     "A SigLIP-layout tower (the paper profile's stand-in) exports as a SiglipVisionModel folder that transformers loads whole and that imports back bit for bit."
     from transformers import SiglipVisionModel
-    from dcr_nb.paper import STANDIN_SIGLIP  # registers the stand-in with timm and open_clip
+    from dcr_nb.paper_inputs import STANDIN_SIGLIP  # registers the stand-in with timm and open_clip
     from dcr_nb.hf import hf_differences, import_hf
     torch.manual_seed(0); clip = create_encoder(STANDIN_SIGLIP, random_init=True).eval()
     with torch.no_grad():

@@ -6,8 +6,10 @@ import re, dataclasses, json, os, shutil, socket, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
-from dcr_nb.paper import (PaperInputs, PaperInputsMissing, PaperStageConfig, PaperEvaluateConfig, preflight,
-                          shard_batches, shard_share, run_paper_stage, run_paper_evaluate, SD_FILES, STANDIN_SIGLIP, build_paper_task)
+from dcr_nb.paper import PaperStageConfig, run_paper_stage, build_paper_task
+from dcr_nb.paper_inputs import PaperInputs, PaperInputsMissing, preflight, SD_FILES, STANDIN_SIGLIP
+from dcr_nb.paper_data import shard_batches, shard_share
+from dcr_nb.paper_evaluate import PaperEvaluateConfig, run_paper_evaluate
 from dcr_nb.fixtures import fake_paper_inputs, fake_paper_params
 from dcr_nb.data import MMVP_IMAGES, MMVP_CATEGORIES
 from dcr_nb.readers import expand_shards
@@ -97,7 +99,8 @@ def test_cli_exit_codes(tmp_path, fake):
 
 def test_main_in_process(tmp_path, capsys):
     "The same entry point in-process: a missing params file, the repo's paper/params.yaml (no weights here), a bad command."
-    from dcr_nb.paper import main, read_inputs
+    from dcr_nb.paper import main
+    from dcr_nb.paper_inputs import read_inputs
     assert main(["preflight", str(tmp_path / "nowhere.yaml")]) == 1 and "no params file" in capsys.readouterr().err
     cfgs = read_inputs()  # the committed paper/params.yaml, the default: one backbone
     assert [(c.model, c.pretrained) for c in cfgs] == [("openai-l14", "openai")]

@@ -10,7 +10,8 @@ import pytest
 import yaml
 import dcr_nb.paper_fetch as pf
 from dcr_nb.fetch import DataError
-from dcr_nb.paper import SD_MIRROR, Missing, PaperInputs, preflight, prediction_type_mismatch
+from dcr_nb.paper import prediction_type_mismatch
+from dcr_nb.paper_inputs import SD_MIRROR, Missing, PaperInputs, preflight
 from dcr_nb.paper_fetch import (MMVP_REPO, LocalHub, Sources, cc3m_tsv_with_header, download, fetch_cc3m, fetch_inputs,
                                 find_img2dataset, img2dataset_command, write_cifar_tarball)
 from dcr_nb.fixtures import write_mmvp_folder, write_shards, write_tiny_sd
