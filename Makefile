@@ -67,7 +67,7 @@ world: setup
 
 # The world studies (studies/dvc.yaml; settings in studies/params.yaml): what was measured about the shipped world to find
 # the levers for its short rows, one stage per study (`dvc --cd studies repro <study>` runs one). Each writes its tables to
-# studies/outputs/<study>/ (tracked by git), which nbs/08a_world.ipynb shows. class and levers read the world's prepared
+# studies/outputs/<study>/ (tracked by git), which nbs/08a_world.ipynb shows. class, levers and slot read the world's prepared
 # scenes (made here when missing: `dvc --cd world repro prepare`, 30 s). studies/ is a DVC project of its own:
 # `dvc --cd studies status` asks about it.
 studies: setup

@@ -62,9 +62,10 @@ def slot_losses(d, cond_fn, images, draws, batch_size: int = 128) -> np.ndarray:
 
 def plateau_step(steps, losses, tol: float = 0.05) -> int | None:
     """The first logged step from which the held-out loss stays within `tol` of the run's whole drop above its best (0.05: 95% of the
-    drop is made); None while that is only the last logged step (still falling)."""
+    drop is made); None while that is only the last logged step (still falling), or while the last one is outside it (rising)."""
     steps, losses = np.asarray(steps), np.asarray(losses); best, drop = losses.min(), losses[0] - losses.min()
     ok = losses <= best + tol * drop
+    if not ok[-1]: return None  # the last logged loss is off the plateau: not reached (yet)
     first = len(ok) - np.argmin(ok[::-1]) if not ok.all() else 0  # first index of the final run of ok values
     return int(steps[first]) if first < len(steps) - 1 or drop == 0 else None
 
